@@ -32,6 +32,8 @@ inline uint16_t f32_to_bf16(float f) {
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 float fp8e4m3_to_f32(uint8_t v);
-uint8_t f32_to_fp8e4m3(float f);  // saturates to +-448, as torch's float8_e4m3fn cast does
+// Saturates to +-448, as fp8 quantization kernels clamp before casting (a bare torch cast of an
+// out-of-range value gives NaN instead).
+uint8_t f32_to_fp8e4m3(float f);
 
 }  // namespace atom
