@@ -1,7 +1,46 @@
-// atom: the single command-line entry point (generate, tokenize, detokenize, chat-template, env).
+// atom: one binary for every entry point (generate, tokenize, detokenize, chat-template, env).
 #include <cstdio>
+#include <map>
+#include <string>
+
+#include "atom/apps/commands.h"
+#include "atom/core/error.h"
+#include "atom/core/logging.h"
 
 int main(int argc, char** argv) {
-  std::fprintf(stderr, "atom: no command yet\n");
-  return 2;
+  CLI::App app{"atom: an LLM inference engine (CPU and CUDA)", "atom"};
+  app.set_version_flag("--version", std::string("atom ") + ATOM_VERSION);
+  app.require_subcommand(1);
+  std::map<CLI::App*, atom::apps::Command> commands;
+  const auto add = [&](const char* name, const char* help, auto adder) {
+    CLI::App* sub = app.add_subcommand(name, help);
+    commands[sub] = adder(*sub);
+  };
+  add("generate", "Generate text from a prompt, streaming it to stdout", atom::apps::add_generate);
+  add("tokenize", "Read JSON strings (one per line) on stdin, write token id arrays",
+      atom::apps::add_tokenize);
+  add("detokenize", "Read JSON arrays of token ids (one per line) on stdin, write JSON strings",
+      atom::apps::add_detokenize);
+  add("chat-template", "Render a chat template for a JSON object read on stdin",
+      atom::apps::add_chat_template);
+  add("env", "Print every environment variable atom reads, with its value and meaning",
+      atom::apps::add_env);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    atom::logging::configure();  // reads ATOM_LOG_MORE: a bad value is reported here
+    for (auto& [sub, run] : commands)
+      if (sub->parsed()) return run();
+  } catch (const atom::Error& e) {
+    std::fprintf(stderr, "atom: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "atom: error: %s\n", e.what());
+    return 1;
+  }
+  return 1;
 }

@@ -1,0 +1,19 @@
+// The `atom` subcommands. Each registers its flags on a CLI11 app and returns the function that
+// runs it; errors are thrown as atom::Error and reported by main().
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+
+namespace atom::apps {
+
+using Command = std::function<int()>;
+
+Command add_generate(CLI::App& app);
+Command add_tokenize(CLI::App& app);
+Command add_detokenize(CLI::App& app);
+Command add_chat_template(CLI::App& app);
+Command add_env(CLI::App& app);
+
+}  // namespace atom::apps

@@ -1,0 +1,40 @@
+// Token sampling on the host: greedy, temperature, top-k, top-p, min-p, with a per-request seed.
+// The order follows vLLM: temperature scales the logits, top-k and top-p filter them, min-p
+// filters the resulting probabilities, then one token is drawn.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <random>
+#include <vector>
+
+namespace atom {
+
+struct SamplingParams {
+  float temperature = 1.0f;      // 0 (below 1e-5) means greedy
+  int32_t top_k = -1;            // -1 or 0: off
+  float top_p = 1.0f;            // (0, 1]
+  float min_p = 0.0f;            // [0, 1]
+  std::optional<uint64_t> seed;  // reproducible sampling when set
+
+  // Throws atom::Error(kInvalidArgument) naming the bad field.
+  void validate() const;
+  bool greedy() const { return temperature < 1e-5f || top_k == 1; }
+};
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplingParams& params);
+  // logits: [vocab_size]; returns the chosen token id.
+  int32_t sample(const float* logits, int64_t vocab_size);
+
+ private:
+  SamplingParams params_;
+  std::mt19937_64 rng_;
+  std::vector<std::pair<float, int32_t>> cand_;  // reused scratch: (logit or prob, id)
+};
+
+// Index of the largest logit (the lowest index among ties, as torch.argmax).
+int32_t argmax(const float* logits, int64_t n);
+
+}  // namespace atom
