@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,18 +22,24 @@ void add_rms_norm(const float* x, float* residual, const float* weight, int64_t 
 // --- rotary embedding ---
 // RoPE scaling as in HF config.json "rope_scaling" (rope_type: default, linear, dynamic, llama3,
 // yarn). Unknown types are rejected by make_rope_inv_freq with atom::Error(kUnsupported).
+// The frequencies follow HF transformers' modeling_rope_utils step by step in f32.
 struct RopeScaling {
   std::string type = "default";
   double factor = 1.0;
   // llama3
   double low_freq_factor = 1.0;
   double high_freq_factor = 4.0;
+  // llama3 and yarn; 0 = max_position (as HF's standardize_rope_params fills it in)
   int64_t original_max_position_embeddings = 0;
-  // yarn
+  // yarn. attention_factor given in the config wins; otherwise it is
+  // mscale(factor, mscale) / mscale(factor, mscale_all_dim) when both are non-zero, else
+  // mscale(factor) = 0.1 * ln(factor) + 1 (1 when factor <= 1), as in HF.
   double beta_fast = 32.0;
   double beta_slow = 1.0;
   double mscale = 1.0;
   double mscale_all_dim = 0.0;
+  std::optional<double> attention_factor;
+  bool truncate = true;  // floor/ceil the correction range (gpt-oss sets false)
 };
 // Per-pair inverse frequencies, [rotary_dim / 2], and the attention factor (yarn's mscale, 1
 // otherwise) by which cos and sin are multiplied. `max_position` is the model's
@@ -41,12 +48,22 @@ struct RopeTable {
   std::vector<float> inv_freq;
   float attention_factor = 1.0f;
 };
+// dynamic (NTK): HF rescales the base per forward call from the longest sequence in the batch,
+// which changes the frequencies of keys already in a KV cache. atom's table is fixed for a model,
+// so this overload returns HF's table for seq_len <= max_position, i.e. the default frequencies
+// (the model behaves exactly as HF up to its trained length). The overload below takes the
+// sequence length explicitly for callers that want HF's rescaled table beyond it.
 RopeTable make_rope_inv_freq(int64_t rotary_dim, double theta, const RopeScaling& scaling,
                              int64_t max_position);
+// As above; for "dynamic" the base is rescaled for seq_len as HF's _compute_dynamic_ntk_parameters
+// does (no effect while seq_len <= max_position). Other types ignore seq_len.
+RopeTable make_rope_inv_freq(int64_t rotary_dim, double theta, const RopeScaling& scaling,
+                             int64_t max_position, int64_t seq_len);
 
 // NeoX-style (HF rotate_half) rotation in place of the first rotary_dim of each head:
 //   x: [n_tokens, n_heads, head_dim]; positions: [n_tokens]
-// For pair i < rotary_dim/2: (x[i], x[i + rotary_dim/2]) rotated by positions[t] * inv_freq[i].
+// For pair i < rotary_dim/2: (x[i], x[i + rotary_dim/2]) rotated by positions[t] * inv_freq[i]
+// (that product in f32, as HF computes it), with cos and sin times table.attention_factor.
 void rope_neox(float* x, const int32_t* positions, int64_t n_tokens, int64_t n_heads,
                int64_t head_dim, int64_t rotary_dim, const RopeTable& table);
 
@@ -85,6 +102,8 @@ struct AttentionBatch {
   int64_t num_seqs = 0;
   int64_t max_blocks_per_seq = 0;
 };
+// Threads: prefill work is split over (sequence, query rows, kv head) and decode work over
+// (sequence, key range), so a single long decode still uses several threads.
 void paged_attention(const float* q, int64_t num_heads, const KvCacheView& cache,
                      const AttentionBatch& batch, float scale, float* out);
 

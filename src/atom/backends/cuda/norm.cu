@@ -1,0 +1,270 @@
+// RMSNorm kernels: one thread block per row, f32 accumulation, 16-byte loads and stores when the
+// rows and pointers allow them.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+
+#include "atom/backends/cuda/check.h"
+#include "atom/backends/cuda/norm.h"
+#include "atom/core/error.h"
+
+namespace atom::cuda {
+
+namespace {
+
+// --- element helpers ---
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// HF: weight * (x * rsqrt(var + eps)).to(dtype); for f32 the cast is a no-op, for bf16 the
+// normalized value is rounded before the weight multiplies it and the product is rounded again.
+__device__ __forceinline__ float apply_norm(float x, float r, float w) { return w * (x * r); }
+__device__ __forceinline__ __nv_bfloat16 apply_norm(__nv_bfloat16 x, float r, __nv_bfloat16 w) {
+  const float y = __bfloat162float(__float2bfloat16_rn(__bfloat162float(x) * r));
+  return __float2bfloat16_rn(__bfloat162float(w) * y);
+}
+
+// kVec elements moved by one load or store (16 bytes for kVec * sizeof(T) == 16).
+template <typename T, int kVec>
+struct alignas(sizeof(T) * kVec) Packet {
+  T v[kVec];
+};
+
+// Sum of v over the block, returned to every thread. blockDim.x is a multiple of 32.
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float warp_sums[32];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  v = lane < int(blockDim.x / 32) ? warp_sums[lane] : 0.0f;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// 1 / sqrt in IEEE precision (rsqrtf is 2 ulp), matching the CPU op.
+__device__ __forceinline__ float inv_rms(float sum_sq, int64_t dim, float eps) {
+  return 1.0f / sqrtf(sum_sq / float(dim) + eps);
+}
+
+// --- kernels: grid = rows, block = a multiple of 32 threads striding over the row's packets ---
+
+// x, out: [rows, dim]; weight: [dim]. out may alias x: every thread rewrites only the packets it
+// read, after the block-wide sum.
+template <typename T, int kVec>
+__global__ void rms_norm_kernel(const T* x, const T* __restrict__ weight, T* out, int64_t dim,
+                                float eps) {
+  using P = Packet<T, kVec>;
+  const int64_t row = blockIdx.x;
+  const P* xr = reinterpret_cast<const P*>(x + row * dim);
+  const P* wr = reinterpret_cast<const P*>(weight);
+  P* orow = reinterpret_cast<P*>(out + row * dim);
+  const int64_t packets = dim / kVec;
+
+  float sum_sq = 0.0f;
+  for (int64_t i = threadIdx.x; i < packets; i += blockDim.x) {
+    const P p = xr[i];
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      const float f = to_float(p.v[j]);
+      sum_sq += f * f;
+    }
+  }
+  const float r = inv_rms(block_sum(sum_sq), dim, eps);
+  for (int64_t i = threadIdx.x; i < packets; i += blockDim.x) {
+    const P p = xr[i];
+    const P w = wr[i];
+    P o;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) o.v[j] = apply_norm(p.v[j], r, w.v[j]);
+    orow[i] = o;
+  }
+}
+
+// residual[t] = to_dtype(residual[t] + x[t]); out[t] = rms_norm(residual[t]). All [rows, dim].
+template <typename T, int kVec>
+__global__ void add_rms_norm_kernel(const T* x, T* residual, const T* __restrict__ weight, T* out,
+                                    int64_t dim, float eps) {
+  using P = Packet<T, kVec>;
+  const int64_t row = blockIdx.x;
+  const P* xr = reinterpret_cast<const P*>(x + row * dim);
+  P* res = reinterpret_cast<P*>(residual + row * dim);
+  const P* wr = reinterpret_cast<const P*>(weight);
+  P* orow = reinterpret_cast<P*>(out + row * dim);
+  const int64_t packets = dim / kVec;
+
+  float sum_sq = 0.0f;
+  for (int64_t i = threadIdx.x; i < packets; i += blockDim.x) {
+    const P a = xr[i];
+    P s = res[i];
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      s.v[j] = from_float<T>(to_float(s.v[j]) + to_float(a.v[j]));
+      const float f = to_float(s.v[j]);
+      sum_sq += f * f;
+    }
+    res[i] = s;
+  }
+  const float r = inv_rms(block_sum(sum_sq), dim, eps);
+  // Each thread reads back only the residual packets it wrote itself.
+  for (int64_t i = threadIdx.x; i < packets; i += blockDim.x) {
+    const P s = res[i];
+    const P w = wr[i];
+    P o;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) o.v[j] = apply_norm(s.v[j], r, w.v[j]);
+    orow[i] = o;
+  }
+}
+
+// --- launch helpers ---
+
+// One thread per packet up to 1024, a whole number of warps.
+int threads_for(int64_t packets) {
+  const int64_t warps = std::clamp<int64_t>((packets + 31) / 32, 1, 32);
+  return int(warps * 32);
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+void check_launch(int64_t n, int64_t dim, const char* op) {
+  ATOM_CHECK(n >= 0 && dim > 0, kInvalidArgument, "{}: bad shape [{}, {}]", op, n, dim);
+  ATOM_CHECK(n <= INT_MAX, kOutOfRange, "{}: {} rows exceed one launch", op, n);
+}
+
+template <typename T>
+void rms_norm_impl(const T* x, const T* weight, T* out, int64_t n, int64_t dim, float eps,
+                   cudaStream_t stream) {
+  check_launch(n, dim, "rms_norm");
+  if (n == 0) return;
+  constexpr int kVec = 16 / sizeof(T);
+  if (dim % kVec == 0 && aligned16(x) && aligned16(weight) && aligned16(out)) {
+    rms_norm_kernel<T, kVec>
+        <<<unsigned(n), threads_for(dim / kVec), 0, stream>>>(x, weight, out, dim, eps);
+  } else {
+    rms_norm_kernel<T, 1><<<unsigned(n), threads_for(dim), 0, stream>>>(x, weight, out, dim, eps);
+  }
+  ATOM_CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename T>
+void add_rms_norm_impl(const T* x, T* residual, const T* weight, T* out, int64_t n, int64_t dim,
+                       float eps, cudaStream_t stream) {
+  check_launch(n, dim, "add_rms_norm");
+  if (n == 0) return;
+  constexpr int kVec = 16 / sizeof(T);
+  if (dim % kVec == 0 && aligned16(x) && aligned16(residual) && aligned16(weight) &&
+      aligned16(out)) {
+    add_rms_norm_kernel<T, kVec>
+        <<<unsigned(n), threads_for(dim / kVec), 0, stream>>>(x, residual, weight, out, dim, eps);
+  } else {
+    add_rms_norm_kernel<T, 1>
+        <<<unsigned(n), threads_for(dim), 0, stream>>>(x, residual, weight, out, dim, eps);
+  }
+  ATOM_CUDA_CHECK(cudaGetLastError());
+}
+
+// Shared checks of the entry points: returns the row length.
+int64_t check_rows(const char* op, const Tensor& x, const Tensor& weight, const Tensor& out) {
+  ATOM_CHECK(x.ndim() >= 1 && x.size(-1) > 0, kInvalidArgument, "{}: x has shape {}", op,
+             x.shape_str());
+  const int64_t dim = x.size(-1);
+  ATOM_CHECK(weight.ndim() == 1 && weight.size(0) == dim, kInvalidArgument,
+             "{}: weight {} does not match rows of {}", op, weight.shape_str(), dim);
+  ATOM_CHECK(out.numel() == x.numel() && out.ndim() >= 1 && out.size(-1) == dim, kInvalidArgument,
+             "{}: out {} does not match x {}", op, out.shape_str(), x.shape_str());
+  for (const Tensor* t : {&x, &weight, &out}) {
+    ATOM_CHECK(t->device() == Device::kCuda, kInvalidArgument, "{}: tensors must be on the GPU",
+               op);
+    ATOM_CHECK(t->dtype() == x.dtype(), kInvalidArgument, "{}: mixed dtypes {} and {}", op,
+               dtype_name(x.dtype()), dtype_name(t->dtype()));
+    ATOM_CHECK(t->is_contiguous(), kInvalidArgument, "{}: tensors must be contiguous", op);
+  }
+  return dim;
+}
+
+}  // namespace
+
+void launch_rms_norm(const float* x, const float* weight, float* out, int64_t n, int64_t dim,
+                     float eps, cudaStream_t stream) {
+  rms_norm_impl(x, weight, out, n, dim, eps, stream);
+}
+
+void launch_rms_norm(const __nv_bfloat16* x, const __nv_bfloat16* weight, __nv_bfloat16* out,
+                     int64_t n, int64_t dim, float eps, cudaStream_t stream) {
+  rms_norm_impl(x, weight, out, n, dim, eps, stream);
+}
+
+void launch_add_rms_norm(const float* x, float* residual, const float* weight, float* out,
+                         int64_t n, int64_t dim, float eps, cudaStream_t stream) {
+  add_rms_norm_impl(x, residual, weight, out, n, dim, eps, stream);
+}
+
+void launch_add_rms_norm(const __nv_bfloat16* x, __nv_bfloat16* residual,
+                         const __nv_bfloat16* weight, __nv_bfloat16* out, int64_t n, int64_t dim,
+                         float eps, cudaStream_t stream) {
+  add_rms_norm_impl(x, residual, weight, out, n, dim, eps, stream);
+}
+
+void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out,
+              cudaStream_t stream) {
+  const int64_t dim = check_rows("rms_norm", x, weight, out);
+  const int64_t n = x.numel() / dim;
+  switch (x.dtype()) {
+    case DType::kF32:
+      launch_rms_norm(x.data_as<float>(), weight.data_as<float>(), out.data_as<float>(), n, dim,
+                      eps, stream);
+      return;
+    case DType::kBF16:
+      launch_rms_norm(x.data_as<__nv_bfloat16>(), weight.data_as<__nv_bfloat16>(),
+                      out.data_as<__nv_bfloat16>(), n, dim, eps, stream);
+      return;
+    default:
+      throw_error(ErrorCode::kUnsupported,
+                  "rms_norm: dtype {} is not supported on CUDA (f32, bf16)", dtype_name(x.dtype()));
+  }
+}
+
+void add_rms_norm(const Tensor& x, const Tensor& residual, const Tensor& weight, float eps,
+                  const Tensor& out, cudaStream_t stream) {
+  const int64_t dim = check_rows("add_rms_norm", x, weight, out);
+  ATOM_CHECK(residual.numel() == x.numel() && residual.ndim() >= 1 && residual.size(-1) == dim &&
+                 residual.dtype() == x.dtype() && residual.device() == Device::kCuda &&
+                 residual.is_contiguous(),
+             kInvalidArgument, "add_rms_norm: residual {} {} does not match x {} {}",
+             residual.shape_str(), dtype_name(residual.dtype()), x.shape_str(),
+             dtype_name(x.dtype()));
+  const int64_t n = x.numel() / dim;
+  switch (x.dtype()) {
+    case DType::kF32:
+      launch_add_rms_norm(x.data_as<float>(), residual.data_as<float>(), weight.data_as<float>(),
+                          out.data_as<float>(), n, dim, eps, stream);
+      return;
+    case DType::kBF16:
+      launch_add_rms_norm(x.data_as<__nv_bfloat16>(), residual.data_as<__nv_bfloat16>(),
+                          weight.data_as<__nv_bfloat16>(), out.data_as<__nv_bfloat16>(), n, dim,
+                          eps, stream);
+      return;
+    default:
+      throw_error(ErrorCode::kUnsupported,
+                  "add_rms_norm: dtype {} is not supported on CUDA (f32, bf16)",
+                  dtype_name(x.dtype()));
+  }
+}
+
+}  // namespace atom::cuda
