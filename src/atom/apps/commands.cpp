@@ -35,12 +35,16 @@ void set_threads(int64_t flag) {
   if (n > 0) omp_set_num_threads(int(n));
 }
 
-// The chat-template context every template expects beside the caller's variables.
-json template_context(const Tokenizer& tok, json ctx) {
+// The chat-template context every template expects beside the caller's variables. Ordered, as
+// Python dicts are: key order shows in tojson output (tool schemas).
+nlohmann::ordered_json template_context(const Tokenizer& tok, nlohmann::ordered_json ctx) {
   const auto piece = [&](int32_t id) { return id >= 0 ? tok.token_bytes(id) : std::string(); };
   if (!ctx.contains("bos_token")) ctx["bos_token"] = piece(tok.bos_id());
   if (!ctx.contains("eos_token")) ctx["eos_token"] = piece(tok.eos_id());
   if (!ctx.contains("add_generation_prompt")) ctx["add_generation_prompt"] = false;
+  // transformers' apply_chat_template always passes these, as None when absent.
+  if (!ctx.contains("tools")) ctx["tools"] = nullptr;
+  if (!ctx.contains("documents")) ctx["documents"] = nullptr;
   return ctx;
 }
 
@@ -114,12 +118,14 @@ Command add_generate(CLI::App& app) {
 
     std::vector<int32_t> ids;
     if (o->chat) {
-      json messages = json::array();
+      nlohmann::ordered_json messages = nlohmann::ordered_json::array();
       if (!o->system.empty()) messages.push_back({{"role", "system"}, {"content", o->system}});
       messages.push_back({{"role", "user"}, {"content", o->prompt}});
       const ChatTemplate tmpl(model_template(*tok));
-      const std::string text = tmpl.render(
-          template_context(*tok, {{"messages", messages}, {"add_generation_prompt", true}}));
+      nlohmann::ordered_json ctx;
+      ctx["messages"] = std::move(messages);
+      ctx["add_generation_prompt"] = true;
+      const std::string text = tmpl.render(template_context(*tok, std::move(ctx)));
       ids = tok->encode(text, /*add_special_tokens=*/false);  // the template has the specials
     } else {
       ids = tok->encode(o->prompt, /*add_special_tokens=*/true);
@@ -215,9 +221,9 @@ Command add_chat_template(CLI::App& app) {
   return [model, file_path]() {
     std::stringstream in;
     in << std::cin.rdbuf();
-    json ctx;
+    nlohmann::ordered_json ctx;
     try {
-      ctx = json::parse(in.str());
+      ctx = nlohmann::ordered_json::parse(in.str());
     } catch (const json::parse_error& e) {
       throw_error(ErrorCode::kInvalidArgument, "stdin: invalid JSON: {}", e.what());
     }
