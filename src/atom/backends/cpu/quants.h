@@ -36,4 +36,16 @@ void matmul(const float* x, int64_t m, const QMatrix& w, float* y);
 // out[i, :] = dequantized row ids[i] of `table` (embedding lookup). Ids must be in range.
 void embedding(const QMatrix& table, const int32_t* ids, int64_t n, float* out);
 
+// Which kernels run: the best SIMD ones this build was compiled for (AVX-512 or AVX2/FMA), or the
+// portable scalar ones. The calls above use kBest; tests run both and compare.
+enum class QuantKernels { kBest, kScalar };
+void dequantize_row(GgmlType type, const void* src, float* dst, int64_t n, QuantKernels kernels);
+void matmul(const float* x, int64_t m, const QMatrix& w, float* y, QuantKernels kernels);
+
+// "avx512", "avx2" or "scalar": the SIMD level kBest uses in this build.
+const char* quant_simd_level();
+
+// A QMatrix over `data` (rows x cols of `type`), with row_bytes filled in.
+QMatrix make_qmatrix(GgmlType type, const void* data, int64_t rows, int64_t cols);
+
 }  // namespace atom::cpu
