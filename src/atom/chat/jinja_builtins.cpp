@@ -170,7 +170,7 @@ std::string pad_center(const std::string& s, int64_t width, char32_t fill) {
   const int64_t marg = width - len;
   const int64_t left = marg / 2 + (marg & width & 1);
   std::string f;
-  py::append_utf8(f, fill);
+  py::utf8_append(f, fill);
   std::string out;
   for (int64_t i = 0; i < left; ++i) out += f;
   out += s;
@@ -379,15 +379,15 @@ Value f_title(Interp&, const Value& v, CallArgs& a) {
     const bool boundary =
         py::is_space(c) || c == '-' || c == '(' || c == '{' || c == '[' || c == '<';
     if (boundary) {
-      py::append_utf8(out, c);
+      py::utf8_append(out, c);
       word_start = true;
     } else if (word_start) {
       std::string one;
-      py::append_utf8(one, c);
+      py::utf8_append(one, c);
       out += py::upper(one);
       word_start = false;
     } else {
-      py::append_utf8(out, py::to_lower(c));
+      py::utf8_append(out, py::to_lower(c));
     }
   }
   return Value::string(std::move(out));
@@ -1021,7 +1021,7 @@ Value call_str_method(Interp& in, const Value& obj, const std::string& name, Cal
     if (name == "center") return Value::string(pad_center(s, width, fill));
     const int64_t pad = width - py::length(s);
     std::string padding;
-    for (int64_t i = 0; i < pad; ++i) py::append_utf8(padding, fill);
+    for (int64_t i = 0; i < pad; ++i) py::utf8_append(padding, fill);
     return Value::string(name == "ljust" ? s + padding : padding + s);
   }
   if (name == "zfill") {

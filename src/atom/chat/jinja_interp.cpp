@@ -758,7 +758,7 @@ Value Interp::getitem(const Value& obj, const Value& key) {
         const int64_t i = normalize_index(key.as_int(), size);
         if (i < 0 || i >= size) return no_element(obj, key);
         std::string out;
-        py::append_utf8(out, cps[i]);
+        py::utf8_append(out, cps[i]);
         return Value::string(std::move(out));
       }
       break;

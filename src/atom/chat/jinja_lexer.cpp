@@ -93,17 +93,17 @@ std::string unescape(std::string_view raw, int line) {
         out.push_back('\v');
         break;
       case 'x':
-        py::append_utf8(out, read_hex(2));
+        py::utf8_append(out, read_hex(2));
         break;
       case 'u': {
         const char32_t cp = read_hex(4);
-        py::append_utf8(out, (cp >= 0xD800 && cp <= 0xDFFF) ? 0xFFFD : cp);
+        py::utf8_append(out, (cp >= 0xD800 && cp <= 0xDFFF) ? 0xFFFD : cp);
         break;
       }
       case 'U': {
         const char32_t cp = read_hex(8);
         if (cp > 0x10FFFF) syntax_error(line, "illegal Unicode character in string literal");
-        py::append_utf8(out, (cp >= 0xD800 && cp <= 0xDFFF) ? 0xFFFD : cp);
+        py::utf8_append(out, (cp >= 0xD800 && cp <= 0xDFFF) ? 0xFFFD : cp);
         break;
       }
       case 'N':
@@ -114,7 +114,7 @@ std::string unescape(std::string_view raw, int line) {
           for (int k = 0; k < 2 && i < raw.size() && raw[i] >= '0' && raw[i] <= '7'; ++k) {
             cp = cp * 8 + (raw[i++] - '0');
           }
-          py::append_utf8(out, cp);
+          py::utf8_append(out, cp);
         } else {
           // Python keeps unknown escapes as written.
           out.push_back('\\');
@@ -493,7 +493,7 @@ class Lexer {
     if (std::string_view("+-/*%~[](){}><=.:|,;").find(c) == std::string_view::npos) {
       size_t i = pos_;
       std::string ch;
-      py::append_utf8(ch, py::decode_next(src_, i));
+      py::utf8_append(ch, py::decode_next(src_, i));
       syntax_error(line_, fmt::format("unexpected char '{}'", ch));
     }
     if (c == '(' || c == '[' || c == '{') {

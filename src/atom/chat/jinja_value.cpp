@@ -329,7 +329,7 @@ List iterate(const Value& v) {
       List out;
       for (char32_t c : py::decode(v.str())) {
         std::string s;
-        py::append_utf8(s, c);
+        py::utf8_append(s, c);
         out.push_back(Value::string(std::move(s)));
       }
       return out;
@@ -408,7 +408,7 @@ void json_string(std::string& out, std::string_view s, bool ensure_ascii) {
             out += fmt::format("\\u{:04x}", static_cast<uint32_t>(c));
           }
         } else {
-          py::append_utf8(out, c);
+          py::utf8_append(out, c);
         }
     }
   }

@@ -78,7 +78,7 @@ void append_upper(std::string& out, char32_t c) {
     out += "SS";
     return;
   }
-  append_utf8(out, to_upper(c));
+  utf8_append(out, to_upper(c));
 }
 
 }  // namespace
@@ -93,28 +93,10 @@ std::u32string decode(std::string_view text) {
   return out;
 }
 
-void append_utf8(std::string& out, char32_t cp) {
-  if (cp < 0x80) {
-    out.push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out.push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-}
-
 std::string encode(std::u32string_view text) {
   std::string out;
   out.reserve(text.size());
-  for (char32_t c : text) append_utf8(out, c);
+  for (char32_t c : text) utf8_append(out, c);
   return out;
 }
 
@@ -193,7 +175,7 @@ std::string lower(std::string_view text) {
   std::string out;
   out.reserve(text.size());
   size_t i = 0;
-  while (i < text.size()) append_utf8(out, to_lower(next_cp(text, i)));
+  while (i < text.size()) utf8_append(out, to_lower(next_cp(text, i)));
   return out;
 }
 
@@ -207,7 +189,7 @@ std::string capitalize(std::string_view text) {
     if (first) {
       append_upper(out, c);
     } else {
-      append_utf8(out, to_lower(c));
+      utf8_append(out, to_lower(c));
     }
     first = false;
   }
@@ -222,7 +204,7 @@ std::string title(std::string_view text) {
   while (i < text.size()) {
     const char32_t c = next_cp(text, i);
     if (previous_cased) {
-      append_utf8(out, to_lower(c));
+      utf8_append(out, to_lower(c));
     } else {
       append_upper(out, c);
     }
@@ -237,11 +219,11 @@ std::string swapcase(std::string_view text) {
   while (i < text.size()) {
     const char32_t c = next_cp(text, i);
     if (is_cased_upper(c)) {
-      append_utf8(out, to_lower(c));
+      utf8_append(out, to_lower(c));
     } else if (is_cased_lower(c)) {
       append_upper(out, c);
     } else {
-      append_utf8(out, c);
+      utf8_append(out, c);
     }
   }
   return out;
@@ -454,7 +436,7 @@ std::string str_repr(std::string_view text) {
       // Python escapes separators, format characters and private-use code points in repr.
       out += fmt::format("\\u{:04x}", static_cast<uint32_t>(c));
     } else {
-      append_utf8(out, c);
+      utf8_append(out, c);
     }
   }
   out += quote;

@@ -3,6 +3,8 @@
 // decode to UTF-32 where positions matter and keep UTF-8 everywhere else.
 #pragma once
 
+#include "atom/core/utf8.h"
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -16,7 +18,7 @@ std::u32string decode(std::string_view text);
 // Decodes the code point at text[i] and advances i past it.
 char32_t decode_next(std::string_view text, size_t& i);
 std::string encode(std::u32string_view text);
-void append_utf8(std::string& out, char32_t cp);
+using ::atom::utf8_append;  // core/utf8.h
 // Number of code points.
 int64_t length(std::string_view text);
 

@@ -4,6 +4,8 @@
 // byte <-> unicode alphabet of byte-level BPE.
 #pragma once
 
+#include "atom/core/utf8.h"
+
 #include <array>
 #include <cstdint>
 #include <string>
@@ -34,8 +36,7 @@ std::string utf8_lossy(std::string_view s);
 // bytes a streaming decoder must hold back until more input arrives.
 size_t utf8_incomplete_tail(std::string_view s);
 
-// Appends the UTF-8 encoding of cp.
-void utf8_append(std::string& out, uint32_t cp);
+using ::atom::utf8_append;  // core/utf8.h
 
 // GPT-2's reversible byte -> printable code point map: bytes that are printable Latin-1
 // (33..126, 161..172, 174..255) map to themselves, the other 68 to 256, 257, ... in byte order.
