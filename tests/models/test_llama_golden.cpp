@@ -137,8 +137,8 @@ TEST_F(LlamaGolden, GreedyTokensMatchTransformers) {
   for (const json& c : golden().meta["cases"]) {
     GenerateOptions opts;
     opts.sampling.temperature = 0.0f;
-    opts.max_tokens = int64_t(c["greedy_ids"].size());
-    opts.ignore_eos = true;
+    opts.sampling.max_tokens = int64_t(c["greedy_ids"].size());
+    opts.sampling.ignore_eos = true;
     const GenerateResult r = generate(*model_, ids_of(c, "prompt_ids"), opts);
     EXPECT_EQ(r.output_ids, ids_of(c, "greedy_ids")) << c["name"];
     EXPECT_EQ(r.finish_reason, "length");
@@ -150,8 +150,8 @@ TEST_F(LlamaGolden, ChatAnswersParis) {
     if (c["name"] != "chat_capital") continue;
     GenerateOptions opts;
     opts.sampling.temperature = 0.0f;
-    opts.max_tokens = 32;
-    opts.stop_token_ids = tok_->stop_ids();
+    opts.sampling.max_tokens = 32;
+    opts.sampling.stop_token_ids = tok_->stop_ids();
     const GenerateResult r = generate(*model_, ids_of(c, "prompt_ids"), opts);
     const std::string text = tok_->decode(r.output_ids, true);
     EXPECT_NE(text.find("Paris"), std::string::npos) << text;

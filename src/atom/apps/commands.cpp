@@ -135,10 +135,14 @@ Command add_generate(CLI::App& app) {
                cfg.max_position_embeddings);
 
     GenerateOptions g;
-    g.sampling = SamplingParams{o->temperature, o->top_k, o->top_p, o->min_p, o->seed};
-    g.max_tokens = o->max_tokens;
-    g.ignore_eos = o->ignore_eos;
-    g.stop_token_ids = tok->stop_ids();
+    g.sampling.temperature = o->temperature;
+    g.sampling.top_k = o->top_k;
+    g.sampling.top_p = o->top_p;
+    g.sampling.min_p = o->min_p;
+    g.sampling.seed = o->seed;
+    g.sampling.max_tokens = o->max_tokens;
+    g.sampling.ignore_eos = o->ignore_eos;
+    g.sampling.stop_token_ids = tok->stop_ids();
     g.max_model_len = o->max_model_len;
     g.max_num_batched_tokens = o->max_num_batched_tokens;
 

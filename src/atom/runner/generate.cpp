@@ -32,8 +32,6 @@ GenerateResult generate(Model& model, const std::vector<int32_t>& prompt,
   const int64_t max_len = opts.max_model_len > 0 ? opts.max_model_len
                                                  : cfg.max_position_embeddings;
   ATOM_CHECK(!prompt.empty(), kInvalidArgument, "the prompt is empty (0 tokens)");
-  ATOM_CHECK(opts.max_tokens >= 1, kInvalidArgument, "max_tokens must be at least 1, got {}",
-             opts.max_tokens);
   ATOM_CHECK(int64_t(prompt.size()) < max_len, kOutOfRange,
              "the prompt has {} tokens, but the model's context length is {} (it must leave room "
              "for at least one new token)",
@@ -41,7 +39,7 @@ GenerateResult generate(Model& model, const std::vector<int32_t>& prompt,
   opts.sampling.validate();
 
   // Output is capped by the context: prompt + output <= max_len.
-  const int64_t max_new = std::min<int64_t>(opts.max_tokens, max_len - int64_t(prompt.size()));
+  const int64_t max_new = std::min<int64_t>(opts.sampling.max_tokens, max_len - int64_t(prompt.size()));
   const int64_t total = int64_t(prompt.size()) + max_new;
   const int64_t bs = opts.block_size;
   const int64_t num_blocks = (total + bs - 1) / bs;
@@ -67,9 +65,9 @@ GenerateResult generate(Model& model, const std::vector<int32_t>& prompt,
     if (step == 0) t_first = Clock::now();
     res.output_ids.push_back(next);
     tokens.push_back(next);
-    const bool is_stop = !opts.ignore_eos && std::find(opts.stop_token_ids.begin(),
-                                                       opts.stop_token_ids.end(),
-                                                       next) != opts.stop_token_ids.end();
+    const bool is_stop = !opts.sampling.ignore_eos && std::find(opts.sampling.stop_token_ids.begin(),
+                                                       opts.sampling.stop_token_ids.end(),
+                                                       next) != opts.sampling.stop_token_ids.end();
     const bool keep_going = on_token ? on_token(next) : true;
     if (is_stop || !keep_going) {
       res.finish_reason = "stop";

@@ -14,10 +14,7 @@
 namespace atom {
 
 struct GenerateOptions {
-  SamplingParams sampling;
-  int64_t max_tokens = 256;
-  bool ignore_eos = false;
-  std::vector<int32_t> stop_token_ids;  // EOS and friends
+  SamplingParams sampling;              // also max_tokens, ignore_eos, stop_token_ids
   int64_t max_model_len = 0;            // 0: the model's max_position_embeddings
   int64_t max_num_batched_tokens = 512; // prefill chunk size
   int64_t block_size = 16;

@@ -15,6 +15,18 @@ void SamplingParams::validate() const {
              top_p);
   ATOM_CHECK(min_p >= 0.0f && min_p <= 1.0f, kInvalidArgument, "min_p must be in [0, 1], got {}",
              min_p);
+  ATOM_CHECK(presence_penalty >= -2.0f && presence_penalty <= 2.0f, kInvalidArgument,
+             "presence_penalty must be in [-2, 2], got {}", presence_penalty);
+  ATOM_CHECK(frequency_penalty >= -2.0f && frequency_penalty <= 2.0f, kInvalidArgument,
+             "frequency_penalty must be in [-2, 2], got {}", frequency_penalty);
+  ATOM_CHECK(repetition_penalty > 0.0f && std::isfinite(repetition_penalty), kInvalidArgument,
+             "repetition_penalty must be a positive number, got {}", repetition_penalty);
+  ATOM_CHECK(max_tokens >= 1, kInvalidArgument, "max_tokens must be at least 1, got {}",
+             max_tokens);
+  ATOM_CHECK(min_tokens >= 0 && min_tokens <= max_tokens, kInvalidArgument,
+             "min_tokens must be in [0, max_tokens], got {}", min_tokens);
+  for (const std::string& s : stop)
+    ATOM_CHECK(!s.empty(), kInvalidArgument, "stop strings must not be empty");
 }
 
 int32_t argmax(const float* logits, int64_t n) {

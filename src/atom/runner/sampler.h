@@ -6,16 +6,30 @@
 #include <cstdint>
 #include <optional>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace atom {
 
+// One request's sampling and stopping parameters (OpenAI / vLLM semantics).
 struct SamplingParams {
   float temperature = 1.0f;      // 0 (below 1e-5) means greedy
   int32_t top_k = -1;            // -1 or 0: off
   float top_p = 1.0f;            // (0, 1]
   float min_p = 0.0f;            // [0, 1]
   std::optional<uint64_t> seed;  // reproducible sampling when set
+  // Penalties over the tokens generated so far (presence, frequency: OpenAI's, in [-2, 2]) and
+  // over prompt + output (repetition: HF/vLLM's multiplicative one, > 0; 1 = off).
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  float repetition_penalty = 1.0f;
+  // Stopping.
+  int64_t max_tokens = 16;
+  int64_t min_tokens = 0;                // no EOS / stop id / stop string before this many
+  bool ignore_eos = false;               // keep going past EOS and stop ids
+  std::vector<int32_t> stop_token_ids;   // EOS and the model's other end ids, plus the caller's
+  std::vector<std::string> stop;         // stop strings, matched on the text, not returned
+  bool skip_special_tokens = true;       // detokenization of the output
 
   // Throws atom::Error(kInvalidArgument) naming the bad field.
   void validate() const;
