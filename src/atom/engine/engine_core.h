@@ -1,0 +1,62 @@
+// EngineCore: runs an LLMEngine in its own thread. Requests come in from any thread (the HTTP
+// workers) with a callback that receives the request's outputs step by step; the loop sleeps on
+// a condition variable when there is nothing to do (no busy spin, unlike ATOM's busy_loop).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "atom/engine/llm_engine.h"
+
+namespace atom {
+
+class EngineCore {
+ public:
+  using Callback = std::function<void(const RequestOutput&)>;
+
+  explicit EngineCore(std::unique_ptr<LLMEngine> engine);
+  ~EngineCore();  // shutdown(): aborts what is left and joins the thread
+  EngineCore(const EngineCore&) = delete;
+  EngineCore& operator=(const EngineCore&) = delete;
+
+  // Validates now (throws atom::Error on bad input, in the caller's thread), then queues the
+  // request. The callback runs on the engine thread for each step's output, the last one with
+  // finished = true. Returns the request id.
+  int64_t add_request(std::vector<int32_t> prompt, SamplingParams params, Callback callback);
+  // Aborts a request wherever it is; its callback gets a final output with reason "abort".
+  void abort(int64_t request_id);
+  // Stops accepting work, aborts everything in flight, joins the loop.
+  void shutdown();
+
+  int64_t num_unfinished() const { return num_unfinished_.load(); }
+  double kv_cache_usage() const { return kv_usage_.load(); }
+
+ private:
+  void loop();
+
+  std::unique_ptr<LLMEngine> engine_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  struct Pending {
+    int64_t id;
+    std::vector<int32_t> prompt;
+    SamplingParams params;
+  };
+  std::deque<Pending> pending_;           // guarded by mu_
+  std::vector<int64_t> aborts_;           // guarded by mu_
+  std::unordered_map<int64_t, Callback> callbacks_;  // guarded by mu_
+  bool stop_ = false;                     // guarded by mu_
+  std::atomic<int64_t> next_id_{0};
+  std::atomic<int64_t> num_unfinished_{0};
+  std::atomic<double> kv_usage_{0.0};
+  std::thread thread_;
+};
+
+}  // namespace atom

@@ -1,0 +1,174 @@
+#include "atom/engine/llm_engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+
+#include "atom/core/error.h"
+
+namespace atom {
+
+namespace {
+double seconds_between(std::chrono::steady_clock::time_point a,
+                       std::chrono::steady_clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+}  // namespace
+
+EngineConfig resolve_engine_config(EngineConfig c, const ModelConfig& m, const Tokenizer& tok) {
+  // The tokenizer's EOS is reported as ATOM's raw reason "eos", other stop ids as "stop_<id>".
+  if (c.scheduler.eos_token_id < 0) c.scheduler.eos_token_id = tok.eos_id();
+  int64_t& len = c.scheduler.max_model_len;
+  if (len <= 0) len = m.max_position_embeddings > 0 ? m.max_position_embeddings : 8192;
+  ATOM_CHECK(len <= m.max_position_embeddings || m.max_position_embeddings <= 0,
+             kInvalidArgument, "max_model_len {} exceeds the model's context length {}", len,
+             m.max_position_embeddings);
+  ATOM_CHECK(c.block_size > 0, kInvalidArgument, "block size must be positive, got {}",
+             c.block_size);
+  if (c.num_kv_blocks <= 0)
+    c.num_kv_blocks = ModelRunner::num_blocks_for_bytes(m, c.kv_cache_bytes, c.block_size);
+  const int64_t needed = (len + c.block_size - 1) / c.block_size;
+  ATOM_CHECK(c.num_kv_blocks >= needed, kInvalidArgument,
+             "the KV cache holds {} blocks of {} tokens, too few for one sequence of "
+             "max_model_len {} tokens ({} blocks): raise the KV cache size or lower "
+             "--max-model-len",
+             c.num_kv_blocks, c.block_size, len, needed);
+  return c;
+}
+
+LLMEngine::LLMEngine(Model& model, const Tokenizer& tokenizer, EngineConfig config)
+    : model_(model),
+      tok_(tokenizer),
+      config_(resolve_engine_config(std::move(config), model.config(), tokenizer)),
+      runner_(model, config_.num_kv_blocks, config_.block_size),
+      blocks_(config_.num_kv_blocks, config_.block_size, config_.enable_prefix_caching),
+      scheduler_(config_.scheduler, blocks_) {}
+
+void LLMEngine::validate(const std::vector<int32_t>& prompt, const SamplingParams& params) const {
+  params.validate();
+  ATOM_CHECK(!prompt.empty(), kInvalidArgument, "the prompt is empty (0 tokens)");
+  const int64_t vocab = model_.config().vocab_size;
+  for (int32_t id : prompt)
+    ATOM_CHECK(id >= 0 && id < vocab, kInvalidArgument,
+               "prompt token id {} is out of range for the vocabulary (size {})", id, vocab);
+  const int64_t len = config_.scheduler.max_model_len;
+  ATOM_CHECK(int64_t(prompt.size()) + params.max_tokens <= len, kInvalidArgument,
+             "this model's maximum context length is {} tokens, but the request has {} prompt "
+             "tokens and max_tokens {} ({} in total); shorten the prompt or lower max_tokens",
+             len, prompt.size(), params.max_tokens, int64_t(prompt.size()) + params.max_tokens);
+}
+
+int64_t LLMEngine::add_request(std::vector<int32_t> prompt, SamplingParams params, int64_t id) {
+  validate(prompt, params);
+  auto seq = std::make_shared<Sequence>(std::move(prompt), std::move(params), config_.block_size,
+                                        id);
+  Request r{seq, std::make_unique<RequestText>(tok_, seq->params)};
+  scheduler_.add(seq);
+  const int64_t rid = seq->id();
+  requests_.emplace(rid, std::move(r));
+  return rid;
+}
+
+bool LLMEngine::has_unfinished() const { return !requests_.empty() || !aborted_.empty(); }
+
+bool LLMEngine::abort(int64_t request_id) {
+  auto it = requests_.find(request_id);
+  if (it == requests_.end()) return false;
+  scheduler_.abort(request_id);
+  runner_.release(request_id);
+  aborted_.push_back(finish_output(it->second));
+  requests_.erase(it);
+  return true;
+}
+
+RequestOutput LLMEngine::finish_output(Request& r) {
+  const Sequence& s = *r.seq;
+  r.text->finish();
+  RequestOutput o;
+  o.request_id = s.id();
+  o.finished = true;
+  o.finish_reason = s.finish_reason.empty() ? "abort" : s.finish_reason;
+  o.raw_finish_reason = s.raw_finish_reason.empty() ? "abort" : s.raw_finish_reason;
+  o.delta_text = r.text->take_delta();
+  const auto out = s.output_ids();
+  o.output_ids.assign(out.begin(), out.end());
+  o.text = r.text->text();
+  o.num_prompt_tokens = s.num_prompt_tokens;
+  o.num_cached_tokens = s.num_prompt_cached_tokens;
+  const auto now = std::chrono::steady_clock::now();
+  o.latency_seconds = seconds_between(s.arrival_time, now);
+  if (s.num_output_tokens() > 0) o.ttft_seconds = seconds_between(s.arrival_time, s.first_token_time);
+  return o;
+}
+
+std::vector<RequestOutput> LLMEngine::step() {
+  std::vector<RequestOutput> outputs = std::move(aborted_);
+  aborted_.clear();
+  const SchedulerOutput sched = scheduler_.schedule();
+  if (sched.empty()) return outputs;
+
+  std::vector<StepSeq> steps;
+  steps.reserve(sched.seqs.size());
+  for (const ScheduledSeq& ss : sched.seqs) {
+    const Sequence& s = *ss.seq;
+    steps.push_back(StepSeq{s.id(), s.token_ids, s.num_prompt_tokens, s.num_computed_tokens,
+                            ss.num_new_tokens, s.block_table, ss.needs_sample, &s.params});
+  }
+  const std::vector<int32_t> sampled = runner_.execute(steps);
+  scheduler_.postprocess(sched, sampled);
+
+  size_t k = 0;
+  for (const ScheduledSeq& ss : sched.seqs) {
+    if (!ss.needs_sample) continue;
+    const int32_t token = sampled[k++];
+    Sequence& s = *ss.seq;
+    auto it = requests_.find(s.id());
+    if (it == requests_.end()) continue;
+    Request& r = it->second;
+    const bool check_stop = s.num_output_tokens() >= s.params.min_tokens;
+    if (r.text->push(token, check_stop) && !s.is_finished())
+      scheduler_.finish(s.id(), "stop", "stop_sequence");
+    if (s.is_finished()) {
+      RequestOutput o = finish_output(r);
+      o.new_token_ids = {token};
+      outputs.push_back(std::move(o));
+      runner_.release(s.id());
+      requests_.erase(it);
+    } else {
+      RequestOutput o;
+      o.request_id = s.id();
+      o.new_token_ids = {token};
+      o.delta_text = r.text->take_delta();
+      outputs.push_back(std::move(o));
+    }
+  }
+  return outputs;
+}
+
+std::vector<RequestOutput> LLMEngine::generate(const std::vector<std::vector<int32_t>>& prompts,
+                                               const std::vector<SamplingParams>& params,
+                                               bool progress) {
+  ATOM_CHECK(params.size() == 1 || params.size() == prompts.size(), kInvalidArgument,
+             "generate: {} sampling params for {} prompts", params.size(), prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i)
+    validate(prompts[i], params.size() == 1 ? params[0] : params[i]);
+  std::unordered_map<int64_t, size_t> index;
+  for (size_t i = 0; i < prompts.size(); ++i)
+    index[add_request(prompts[i], params.size() == 1 ? params[0] : params[i])] = i;
+  std::vector<RequestOutput> results(prompts.size());
+  size_t done = 0;
+  while (done < prompts.size()) {
+    for (RequestOutput& o : step()) {
+      if (!o.finished) continue;
+      auto it = index.find(o.request_id);
+      if (it == index.end()) continue;
+      results[it->second] = std::move(o);
+      ++done;
+      if (progress) std::fprintf(stderr, "\r[atom] generate: %zu/%zu requests", done, prompts.size());
+    }
+  }
+  if (progress) std::fprintf(stderr, "\n");
+  return results;
+}
+
+}  // namespace atom

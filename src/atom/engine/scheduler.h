@@ -1,0 +1,103 @@
+// Continuous-batching scheduler: decides, each step, which sequences run and how many of their
+// tokens are computed, under a token budget, a sequence cap and the KV block pool.
+//
+// Default policy (chunked prefill): one token budget per step shared by decodes (1 token each,
+// first), continuing prompt chunks of running sequences, then newly admitted waiting sequences in
+// FIFO order; a prompt longer than the budget is computed over several steps. When decode needs a
+// block and none is free, the most recently admitted running sequence is preempted (its blocks
+// freed, recomputed later from the front of the waiting queue). With chunked_prefill = false the
+// scheduler reproduces ATOM's policy: a step is either whole-prompt prefills only or decodes only.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "atom/engine/block_manager.h"
+#include "atom/engine/sequence.h"
+
+namespace atom {
+
+struct SchedulerConfig {
+  int64_t max_num_seqs = 512;
+  int64_t max_num_batched_tokens = 16384;
+  int64_t max_model_len = 8192;
+  bool chunked_prefill = true;  // false: ATOM's strict prefill-first policy (no mixing, no chunks)
+  // The tokenizer's EOS: always a stop token (unless ignore_eos), reported as raw reason "eos";
+  // the other params.stop_token_ids report "stop_<id>". -1: none, every stop id is "stop_<id>".
+  int32_t eos_token_id = -1;
+};
+
+struct ScheduledSeq {
+  SequencePtr seq;
+  int64_t num_new_tokens;  // compute tokens [seq->num_computed_tokens, + num_new_tokens)
+  bool needs_sample;       // this step reaches the end of the sequence's known tokens -> sample one
+};
+
+struct SchedulerOutput {
+  std::vector<ScheduledSeq> seqs;  // decodes first, then prefills (chunked)
+  int64_t num_batched_tokens = 0;
+  std::vector<SequencePtr> preempted;  // sent back to waiting this step (recompute)
+  bool empty() const { return seqs.empty(); }
+  int64_t num_samples() const;  // entries with needs_sample: the size postprocess expects
+};
+
+class Scheduler {
+ public:
+  // Throws atom::Error(kInvalidArgument) for a config that cannot make progress.
+  Scheduler(const SchedulerConfig& config, BlockManager& blocks);
+
+  // Throws atom::Error(kInvalidArgument) when prompt + max_tokens > max_model_len, the prompt is
+  // empty, or the sequence could never fit the KV cache, with a clear message (the server turns
+  // it into HTTP 400).
+  void add(SequencePtr seq);
+  // May return an empty output while has_unfinished() (every running sequence was preempted and
+  // nothing could be admitted in the same step): call it again.
+  SchedulerOutput schedule();
+  // After the step ran: num_computed_tokens += num_new_tokens for each scheduled seq, then
+  // cache_full_blocks; for each seq with needs_sample (in order), append sampled[i], set first
+  // token time, and check stop conditions in ATOM's order but with OpenAI reasons: EOS (the
+  // seq's stop ids from params.stop_token_ids plus config.eos_token_id; skipped with ignore_eos;
+  // not before min_tokens) -> "stop", max_tokens -> "length". Finished sequences free their
+  // blocks and leave running. A sequence finished from outside since schedule() is skipped (its
+  // sampled entry still counts). Returns the sequences that finished in this step.
+  std::vector<SequencePtr> postprocess(const SchedulerOutput& out,
+                                       std::span<const int32_t> sampled);
+  // Stop a sequence from outside (stop string matched by the engine, client abort): frees its
+  // blocks wherever it is (waiting or running). Returns false for an unknown/finished id.
+  bool finish(int64_t seq_id, std::string finish_reason, std::string raw_reason);
+  bool abort(int64_t seq_id) { return finish(seq_id, "abort", "abort"); }
+
+  bool has_unfinished() const { return !waiting_.empty() || !running_.empty(); }
+  int64_t num_waiting() const { return int64_t(waiting_.size()); }
+  int64_t num_running() const { return int64_t(running_.size()); }
+  int64_t num_preemptions() const { return num_preemptions_; }  // total since construction
+  const std::deque<SequencePtr>& waiting() const { return waiting_; }
+  const std::vector<SequencePtr>& running() const { return running_; }  // admission order
+  const SchedulerConfig& config() const { return config_; }
+  BlockManager& block_manager() { return blocks_; }
+
+ private:
+  SchedulerOutput schedule_chunked();
+  SchedulerOutput schedule_prefill_first();
+  // Frees running_.back()'s blocks and puts it at the front of waiting (recompute later).
+  void preempt_last(SchedulerOutput& out);
+  // Preempts from the back of running until seq can grow by its new token; false when seq
+  // itself had to go.
+  bool make_room_for_decode(const SequencePtr& seq, SchedulerOutput& out);
+  // Applies the stop conditions to a sequence that just got a token; sets the reasons.
+  bool check_stop(Sequence& seq, int32_t token) const;
+  void finish_sequence(Sequence& seq, std::string reason, std::string raw_reason);
+
+  SchedulerConfig config_;
+  BlockManager& blocks_;
+  std::deque<SequencePtr> waiting_;
+  std::vector<SequencePtr> running_;  // admission order: the back is the preemption victim
+  std::unordered_map<int64_t, SequencePtr> unfinished_;  // id -> sequence, waiting or running
+  int64_t num_preemptions_ = 0;
+};
+
+}  // namespace atom
