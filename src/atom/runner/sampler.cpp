@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "atom/core/error.h"
 
@@ -41,35 +42,61 @@ Sampler::Sampler(const SamplingParams& params) : params_(params) {
   rng_.seed(params_.seed ? *params_.seed : std::random_device{}());
 }
 
+void Sampler::apply_penalties(float* logits, int64_t vocab, std::span<const int32_t> prompt,
+                              std::span<const int32_t> output) {
+  const auto in_vocab = [vocab](int32_t id) { return id >= 0 && id < vocab; };
+  if (params_.repetition_penalty != 1.0f) {
+    // HF/vLLM: each distinct token seen in prompt or output is penalized once.
+    std::vector<bool> seen(size_t(vocab), false);
+    for (auto ids : {prompt, output})
+      for (int32_t id : ids)
+        if (in_vocab(id) && !seen[size_t(id)]) {
+          seen[size_t(id)] = true;
+          float& l = logits[id];
+          l = l > 0 ? l / params_.repetition_penalty : l * params_.repetition_penalty;
+        }
+  }
+  if (params_.frequency_penalty != 0.0f || params_.presence_penalty != 0.0f) {
+    counts_.assign(size_t(vocab), 0);
+    for (int32_t id : output)
+      if (in_vocab(id)) ++counts_[size_t(id)];
+    for (int32_t id : output) {
+      if (!in_vocab(id) || counts_[size_t(id)] == 0) continue;
+      logits[id] -= params_.frequency_penalty * float(counts_[size_t(id)]) +
+                    params_.presence_penalty;
+      counts_[size_t(id)] = 0;  // once per distinct token
+    }
+  }
+  if (!params_.ignore_eos && int64_t(output.size()) < params_.min_tokens) {
+    for (int32_t id : params_.stop_token_ids)
+      if (in_vocab(id)) logits[id] = -std::numeric_limits<float>::infinity();
+  }
+}
+
 int32_t Sampler::sample(const float* logits, int64_t vocab) {
   if (params_.greedy()) return argmax(logits, vocab);
 
-  // Candidates sorted by logit, descending; top-k keeps only the first k (partial sort).
+  // Unnormalised probabilities exp((logit - max) / T), with ids. Only top-p needs them sorted;
+  // top-k selects with nth_element and min-p filters in place, so the common cases stay O(vocab).
+  const float inv_t = 1.0f / params_.temperature;
+  const float max_logit = logits[argmax(logits, vocab)];
   cand_.resize(size_t(vocab));
-  for (int64_t i = 0; i < vocab; ++i) cand_[size_t(i)] = {logits[i], int32_t(i)};
-  const auto by_logit = [](const auto& a, const auto& b) {
+  for (int64_t i = 0; i < vocab; ++i)
+    cand_[size_t(i)] = {std::exp((logits[i] - max_logit) * inv_t), int32_t(i)};
+  const auto by_prob = [](const auto& a, const auto& b) {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   };
   size_t n = size_t(vocab);
   if (params_.top_k > 0 && size_t(params_.top_k) < n) {
     n = size_t(params_.top_k);
-    std::partial_sort(cand_.begin(), cand_.begin() + n, cand_.end(), by_logit);
-  } else {
-    std::sort(cand_.begin(), cand_.end(), by_logit);
+    std::nth_element(cand_.begin(), cand_.begin() + long(n) - 1, cand_.end(), by_prob);
   }
-
-  // Softmax of logit / temperature over the kept candidates (max subtracted for stability).
-  const float inv_t = 1.0f / params_.temperature;
-  const float max_logit = cand_[0].first;
   double total = 0.0;
-  for (size_t i = 0; i < n; ++i) {
-    const float p = std::exp((cand_[i].first - max_logit) * inv_t);
-    cand_[i].first = p;
-    total += p;
-  }
+  for (size_t i = 0; i < n; ++i) total += cand_[i].first;
 
-  // top-p: the smallest prefix whose mass reaches top_p (the top token always stays).
+  // top-p: the smallest set of most likely tokens whose mass reaches top_p (the top one stays).
   if (params_.top_p < 1.0f) {
+    std::sort(cand_.begin(), cand_.begin() + long(n), by_prob);
     double cum = 0.0;
     size_t keep = n;
     for (size_t i = 0; i < n; ++i) {
@@ -80,19 +107,18 @@ int32_t Sampler::sample(const float* logits, int64_t vocab) {
       }
     }
     n = keep;
-    total = 0.0;
-    for (size_t i = 0; i < n; ++i) total += cand_[i].first;
   }
 
-  // min-p: drop tokens whose probability is below min_p times the top token's.
+  // min-p: drop tokens whose probability is below min_p times the top token's (which is 1 here
+  // unless top-k or top-p removed it, which they never do).
   if (params_.min_p > 0.0f) {
-    const double threshold = params_.min_p * cand_[0].first;
-    size_t keep = 1;
-    while (keep < n && cand_[keep].first >= threshold) ++keep;
+    size_t keep = 0;
+    for (size_t i = 0; i < n; ++i)
+      if (cand_[i].first >= params_.min_p) cand_[keep++] = cand_[i];
     n = keep;
-    total = 0.0;
-    for (size_t i = 0; i < n; ++i) total += cand_[i].first;
   }
+  total = 0.0;
+  for (size_t i = 0; i < n; ++i) total += cand_[i].first;
 
   std::uniform_real_distribution<double> uni(0.0, total);
   const double r = uni(rng_);

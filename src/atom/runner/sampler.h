@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -41,11 +42,18 @@ class Sampler {
   explicit Sampler(const SamplingParams& params);
   // logits: [vocab_size]; returns the chosen token id.
   int32_t sample(const float* logits, int64_t vocab_size);
+  // The logits processors, in place, before sample(): repetition penalty over prompt + output,
+  // frequency and presence penalties over the output, and min_tokens (stop ids masked to -inf
+  // while fewer than min_tokens tokens were generated, unless ignore_eos).
+  void apply_penalties(float* logits, int64_t vocab_size, std::span<const int32_t> prompt,
+                       std::span<const int32_t> output);
+  const SamplingParams& params() const { return params_; }
 
  private:
   SamplingParams params_;
   std::mt19937_64 rng_;
   std::vector<std::pair<float, int32_t>> cand_;  // reused scratch: (logit or prob, id)
+  std::vector<int32_t> counts_;                   // reused scratch: output token counts
 };
 
 // Index of the largest logit (the lowest index among ties, as torch.argmax).
