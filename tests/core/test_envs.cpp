@@ -314,6 +314,8 @@ const std::vector<std::string_view> kExpectedNames = {
     "ATOM_NUM_THREADS",
     "HF_HOME",
     "HF_TOKEN",
+    "HF_ENDPOINT",
+    "HF_HUB_OFFLINE",
     "HOME",
 };
 

@@ -70,6 +70,10 @@ constexpr std::array kTable = {
     EnvVarInfo{"ATOM_NUM_THREADS", "int", "0", "CPU threads for compute; 0 uses every core."},
     EnvVarInfo{"HF_HOME", "str", "~/.cache/huggingface", "Hugging Face cache root."},
     EnvVarInfo{"HF_TOKEN", "str", kUnset, "Hugging Face access token.", true},
+    EnvVarInfo{"HF_ENDPOINT", "str", "https://huggingface.co",
+               "Hugging Face Hub address that models are downloaded from."},
+    EnvVarInfo{"HF_HUB_OFFLINE", "bool", "false",
+               "If true or 1, never contact the Hub: models come from the HF_HOME cache only."},
     EnvVarInfo{"HOME", "str", kUnset, "Home directory; expands a leading ~ in the paths above."},
 };
 
@@ -209,6 +213,8 @@ const std::array kRenderers = {
     Renderer{"ATOM_NUM_THREADS", [] { return std::to_string(ATOM_NUM_THREADS()); }},
     Renderer{"HF_HOME", [] { return HF_HOME(); }},
     Renderer{"HF_TOKEN", [] { return opt_text(HF_TOKEN()); }},
+    Renderer{"HF_ENDPOINT", [] { return HF_ENDPOINT(); }},
+    Renderer{"HF_HUB_OFFLINE", [] { return bool_text(HF_HUB_OFFLINE()); }},
     Renderer{"HOME", [] { return opt_text(HOME()); }},
 };
 static_assert(kRenderers.size() == kTable.size(), "every variable needs one renderer");
@@ -357,6 +363,11 @@ std::string models_dir() {
 int64_t ATOM_NUM_THREADS() { return int_var_at_least("ATOM_NUM_THREADS", 0, 0); }
 std::string HF_HOME() { return expand_user(str_var("HF_HOME", "~/.cache/huggingface")); }
 std::optional<std::string> HF_TOKEN() { return read("HF_TOKEN"); }
+std::string HF_ENDPOINT() { return str_var("HF_ENDPOINT", "https://huggingface.co"); }
+bool HF_HUB_OFFLINE() {
+  const std::string v = lower(str_var("HF_HUB_OFFLINE", "false"));
+  return v == "true" || v == "1";
+}
 std::optional<std::string> HOME() { return read("HOME"); }
 
 }  // namespace atom::envs

@@ -6,7 +6,7 @@
 // Parsing rules:
 //   * ATOM_* booleans are true only for the exact string "1" (so "true" and "01" are false);
 //     VLLM_USE_MODELSCOPE accepts "true" or "1" in any case, SAVE_TO_PYTORCH_BENCHMARK_FORMAT any
-//     non-empty value, ATOM_DISABLE_MMAP "true" or "1" in any case.
+//     non-empty value, ATOM_DISABLE_MMAP and HF_HUB_OFFLINE "true" or "1" in any case.
 //   * Integers are parsed strictly (surrounding blanks and one sign allowed, nothing else); a bad
 //     value throws atom::Error(kInvalidArgument) naming the variable and the value.
 //   * ATOM_LOG_MORE is an integer: any non-zero value is on, a non-integer is an error.
@@ -93,6 +93,8 @@ std::string models_dir();      // ATOM_CACHE_DIR()/models, where downloaded mode
 int64_t ATOM_NUM_THREADS();    // default 0 = one thread per core; negative is an error
 std::string HF_HOME();         // default "~/.cache/huggingface"; a leading "~" is expanded
 std::optional<std::string> HF_TOKEN();
+std::string HF_ENDPOINT();  // default "https://huggingface.co"
+bool HF_HUB_OFFLINE();      // default false; "true" or "1" in any case
 std::optional<std::string> HOME();
 
 // "~" or "~/x" -> the home directory (HOME, else the password database) joined with "x";
