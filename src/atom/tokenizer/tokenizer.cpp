@@ -7,6 +7,7 @@
 #include "atom/core/error.h"
 #include "atom/io/gguf.h"
 #include "atom/tokenizer/bpe.h"
+#include "atom/tokenizer/hf_tokenizer.h"
 #include "atom/tokenizer/pre_tokenizer.h"
 #include "atom/tokenizer/unicode.h"
 #include "atom/tokenizer/vocab.h"
@@ -64,6 +65,10 @@ struct Tokenizer::Impl {
   std::unique_ptr<PreTokenizer> pre;
   std::unique_ptr<ByteLevelBpe> bpe;
   std::unique_ptr<SentencePieceBpe> spm;
+  // from_hf only: the whole encode pipeline, and what the first decoded token emits where that
+  // differs from bytes (HF Metaspace decoder; empty otherwise).
+  std::unique_ptr<HfPipeline> hf;
+  std::vector<std::string> first_bytes;
 
   // Special tokens matched in raw text, bucketed by first byte, longest first.
   std::array<std::vector<int32_t>, 256> specials_by_byte;
@@ -72,6 +77,11 @@ struct Tokenizer::Impl {
   int32_t bos = -1, eos = -1, unk = -1, eot = -1, eom = -1;
   bool add_bos = false, add_eos = false, add_space_prefix = false;
   std::string chat_template;
+
+  // What token id emits in decode; first: no token was emitted before it.
+  std::string_view decoded(int32_t id, bool first) const {
+    return first && !first_bytes.empty() ? first_bytes[id] : bytes[id];
+  }
 
   bool special(int32_t id) const {
     const TokenType t = vocab.types[id];
@@ -297,6 +307,27 @@ std::unique_ptr<Tokenizer> Tokenizer::from_gguf(const GgufFile& file) {
   return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(impl)));
 }
 
+std::unique_ptr<Tokenizer> Tokenizer::from_hf(const std::string& tokenizer_json_path,
+                                              const std::string& tokenizer_config_json_path) {
+  HfTokenizerData d = load_hf_tokenizer(tokenizer_json_path, tokenizer_config_json_path);
+  auto impl = std::make_unique<Impl>();
+  Impl& m = *impl;
+  m.kind = d.byte_level ? Kind::kByteLevelBpe : Kind::kSentencePiece;
+  m.vocab = std::move(d.vocab);
+  m.bytes = std::move(d.bytes);
+  m.first_bytes = std::move(d.first_bytes);
+  m.hf = std::move(d.pipeline);
+  m.bos = d.bos;
+  m.eos = d.eos;
+  m.unk = d.unk;
+  m.add_bos = d.add_bos;
+  m.add_eos = d.add_eos;
+  m.add_space_prefix = d.strip_leading_space;
+  m.chat_template = std::move(d.chat_template);
+  m.rstrip.assign(m.vocab.texts.size(), 0);
+  return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(impl)));
+}
+
 std::vector<int32_t> Tokenizer::encode(std::string_view input, bool add_special_tokens) const {
   const Impl& m = *impl_;
   std::string sanitized;
@@ -305,6 +336,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view input, bool add_special_
     sanitized = unicode::utf8_lossy(text);
     text = sanitized;
   }
+  if (m.hf) return m.hf->encode(text, add_special_tokens);
   std::vector<int32_t> out;
   out.reserve(text.size() / 3 + 4);
   if (add_special_tokens && m.add_bos) out.push_back(m.bos);
@@ -343,10 +375,12 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_to
   const Impl& m = *impl_;
   std::string bytes;
   bool at_start = true;
+  bool first = true;
   for (const int32_t id : ids) {
     m.check_id(id);
     if (skip_special_tokens && m.special(id)) continue;
-    std::string_view b = m.bytes[id];
+    std::string_view b = m.decoded(id, first);
+    first = false;
     if (at_start && !b.empty()) {
       at_start = false;
       if (strips_leading_space() && b[0] == ' ') b.remove_prefix(1);
@@ -408,7 +442,8 @@ std::string IncrementalDetokenizer::push(int32_t id) {
   const Tokenizer::Impl& m = *tok_.impl_;
   m.check_id(id);
   if (skip_special_ && m.special(id)) return {};
-  std::string_view b = m.bytes[id];
+  std::string_view b = m.decoded(id, first_token_);
+  first_token_ = false;
   if (at_start_ && !b.empty()) {
     at_start_ = false;
     if (tok_.strips_leading_space() && b[0] == ' ') b.remove_prefix(1);

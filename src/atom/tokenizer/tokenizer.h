@@ -28,6 +28,13 @@ class Tokenizer {
   // kCorrupt for a malformed vocabulary (missing tokens, arrays of the wrong length, merges of
   // unknown tokens, special ids out of range).
   static std::unique_ptr<Tokenizer> from_gguf(const GgufFile& file);
+  // From a tokenizer.json (HF tokenizers format) and optionally its tokenizer_config.json
+  // ("" for none), which supplies bos/eos names and the chat template. add_special_tokens
+  // then applies the file's post_processor (e.g. Llama-3's BOS). hf_tokenizer.h lists the
+  // components supported; others throw kUnsupported naming the type. kNotFound for a missing
+  // file, kCorrupt for malformed JSON or an inconsistent vocabulary.
+  static std::unique_ptr<Tokenizer> from_hf(const std::string& tokenizer_json_path,
+                                            const std::string& tokenizer_config_json_path);
   ~Tokenizer();
   Tokenizer(const Tokenizer&) = delete;
   Tokenizer& operator=(const Tokenizer&) = delete;
@@ -82,8 +89,9 @@ class IncrementalDetokenizer {
  private:
   const Tokenizer& tok_;
   bool skip_special_;
-  bool at_start_ = true;  // no byte emitted yet: the leading-space rule still applies
-  std::string pending_;   // bytes of an unfinished character
+  bool at_start_ = true;     // no byte emitted yet: the leading-space rule still applies
+  bool first_token_ = true;  // no token emitted yet (HF Metaspace decoder's first-token rule)
+  std::string pending_;      // bytes of an unfinished character
 };
 
 }  // namespace atom
