@@ -11,7 +11,8 @@
 #include "atom/io/gguf.h"
 #include "atom/io/model_path.h"
 #include "atom/models/model.h"
-#include "atom/runner/generate.h"
+#include "atom/engine/llm_engine.h"
+#include "atom/runner/model_runner.h"
 #include "atom/tokenizer/tokenizer.h"
 
 namespace atom {
@@ -61,15 +62,33 @@ class LlamaGolden : public ::testing::Test {
   }
   // Logits of the last prompt position, prefilling in chunks of `chunk` tokens.
   static std::vector<float> last_logits(const std::vector<int32_t>& ids, int64_t chunk) {
-    const ModelConfig& cfg = model_->config();
     const int64_t num_blocks = (int64_t(ids.size()) + 15) / 16;
-    KvCache kv(cfg.num_hidden_layers, num_blocks, 16, cfg.num_key_value_heads, cfg.head_dim);
+    ModelRunner runner(*model_, num_blocks, 16);
+    std::vector<int32_t> table(static_cast<size_t>(num_blocks));
+    for (int64_t i = 0; i < num_blocks; ++i) table[size_t(i)] = int32_t(num_blocks - 1 - i);
+    KvCache kv(model_->config().num_hidden_layers, num_blocks, 16,
+               model_->config().num_key_value_heads, model_->config().head_dim);
     std::vector<float> logits;
     for (int64_t s = 0; s < int64_t(ids.size()); s += chunk) {
       const int64_t n = std::min<int64_t>(chunk, int64_t(ids.size()) - s);
-      model_->forward(plan_single_sequence(ids, s, n, num_blocks), kv, logits);
+      const StepSeq step{0, ids, int64_t(ids.size()), s, n, table, true, nullptr};
+      model_->forward(runner.plan({&step, 1}), kv, logits);
     }
     return logits;
+  }
+  // Greedy generation through the engine.
+  static RequestOutput greedy(const std::vector<int32_t>& ids, int64_t max_tokens, bool ignore_eos,
+                              int64_t max_model_len = 512) {
+    EngineConfig cfg;
+    cfg.scheduler.max_model_len = max_model_len;
+    cfg.num_kv_blocks = 256;
+    LLMEngine engine(*model_, *tok_, cfg);
+    SamplingParams p;
+    p.temperature = 0.0f;
+    p.max_tokens = max_tokens;
+    p.ignore_eos = ignore_eos;
+    p.stop_token_ids = tok_->stop_ids();
+    return engine.generate({ids}, {p})[0];
   }
 
   static GgufFile* file_;
@@ -135,11 +154,7 @@ TEST_F(LlamaGolden, ChunkedPrefillEqualsOneShot) {
 
 TEST_F(LlamaGolden, GreedyTokensMatchTransformers) {
   for (const json& c : golden().meta["cases"]) {
-    GenerateOptions opts;
-    opts.sampling.temperature = 0.0f;
-    opts.sampling.max_tokens = int64_t(c["greedy_ids"].size());
-    opts.sampling.ignore_eos = true;
-    const GenerateResult r = generate(*model_, ids_of(c, "prompt_ids"), opts);
+    const RequestOutput r = greedy(ids_of(c, "prompt_ids"), int64_t(c["greedy_ids"].size()), true);
     EXPECT_EQ(r.output_ids, ids_of(c, "greedy_ids")) << c["name"];
     EXPECT_EQ(r.finish_reason, "length");
   }
@@ -148,28 +163,30 @@ TEST_F(LlamaGolden, GreedyTokensMatchTransformers) {
 TEST_F(LlamaGolden, ChatAnswersParis) {
   for (const json& c : golden().meta["cases"]) {
     if (c["name"] != "chat_capital") continue;
-    GenerateOptions opts;
-    opts.sampling.temperature = 0.0f;
-    opts.sampling.max_tokens = 32;
-    opts.sampling.stop_token_ids = tok_->stop_ids();
-    const GenerateResult r = generate(*model_, ids_of(c, "prompt_ids"), opts);
-    const std::string text = tok_->decode(r.output_ids, true);
-    EXPECT_NE(text.find("Paris"), std::string::npos) << text;
+    const RequestOutput r = greedy(ids_of(c, "prompt_ids"), 32, false);
+    EXPECT_NE(r.text.find("Paris"), std::string::npos) << r.text;
     EXPECT_EQ(r.finish_reason, "stop");
+    EXPECT_EQ(r.raw_finish_reason, "eos");
   }
 }
 
 TEST_F(LlamaGolden, RejectsBadPrompts) {
-  GenerateOptions opts;
-  EXPECT_THROW(generate(*model_, {}, opts), Error);
-  opts.max_model_len = 8;
+  EngineConfig cfg;
+  cfg.scheduler.max_model_len = 8;
+  cfg.num_kv_blocks = 4;
+  LLMEngine engine(*model_, *tok_, cfg);
+  SamplingParams p;
+  p.max_tokens = 1;
+  EXPECT_THROW(engine.add_request({}, p), Error);
   try {
-    generate(*model_, std::vector<int32_t>(8, 1), opts);
+    engine.add_request(std::vector<int32_t>(8, 1), p);
     FAIL();
   } catch (const Error& e) {
-    EXPECT_EQ(e.code(), ErrorCode::kOutOfRange);
-    EXPECT_NE(std::string(e.what()).find("context length"), std::string::npos);
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("context length"), std::string::npos) << e.what();
   }
+  EXPECT_THROW(engine.add_request({1, 2, 999999}, p), Error);  // id beyond the vocabulary
+  EXPECT_FALSE(engine.has_unfinished());
 }
 
 }  // namespace

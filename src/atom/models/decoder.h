@@ -1,0 +1,66 @@
+// The dense decoder-only transformer every supported architecture is (Llama, Qwen3): weights as
+// plain views plus the forward pass, parameterised by the few ways the architectures differ.
+// Loaders (GGUF in llama.cpp, safetensors / dummy in hf_loader.cpp) only fill DecoderWeights.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "atom/backends/cpu/ops.h"
+#include "atom/backends/cpu/quants.h"
+#include "atom/models/model.h"
+
+namespace atom {
+
+// What differs between the architectures that share DecoderModel.
+struct DecoderVariant {
+  // Qwen3: RMSNorm over each q and k head (weights [head_dim]) before RoPE.
+  bool qk_norm = false;
+};
+
+// Buffers the weights point into when they are not views of a mapped file: stacked QKV /
+// gate-up copies, dummy weights. Moving the vectors keeps their data where it is.
+using WeightStorage = std::vector<std::vector<uint8_t>>;
+
+struct DecoderLayerWeights {
+  std::vector<float> attn_norm, ffn_norm;  // [hidden]
+  // Projections: stacked [q | k | v] in qkv when the parts share a type (one GEMM), else q, k, v.
+  cpu::QMatrix qkv, q, k, v;
+  cpu::QMatrix o;                     // [hidden, heads * head_dim]
+  std::vector<float> qkv_bias;        // [q_size + 2 * kv_size]; empty: no bias
+  std::vector<float> o_bias;          // [hidden]; empty: no bias
+  std::vector<float> q_norm, k_norm;  // [head_dim], DecoderVariant::qk_norm
+  // MLP: stacked [gate | up] when the parts share a type, else gate and up.
+  cpu::QMatrix gate_up, gate, up;
+  cpu::QMatrix down;                // [hidden, intermediate]
+  std::vector<float> gate_up_bias;  // [2 * intermediate]; empty: no bias
+  std::vector<float> down_bias;     // [hidden]; empty: no bias
+};
+
+struct DecoderWeights {
+  cpu::QMatrix embed;    // [vocab, hidden]
+  cpu::QMatrix lm_head;  // [vocab, hidden]; the embedding when tied
+  std::vector<float> final_norm;
+  std::vector<DecoderLayerWeights> layers;
+  WeightStorage storage;
+  // Whatever else the views point into and the model must keep alive (an opened checkpoint);
+  // null when the caller owns the file (GGUF: LoadedModel), or everything is in `storage`.
+  std::shared_ptr<const void> keep_alive;
+};
+
+// One part of a matrix stacked along the output dimension.
+struct StackPart {
+  cpu::QMatrix m;
+  // GGUF Q/K: heads whose rotary pairs llama.cpp's converter interleaved (row h*hd + 2i + j);
+  // the copy puts them back in HF/NeoX order (row h*hd + j*hd/2 + i). 0: rows kept as they are.
+  int64_t unpermute_heads = 0;
+};
+// The parts stacked into one matrix copied into `storage`; an empty QMatrix (data == nullptr)
+// when their types or widths differ, so the caller keeps them separate.
+cpu::QMatrix stack_rows(const std::vector<StackPart>& parts, WeightStorage& storage);
+
+std::unique_ptr<Model> make_decoder_model(ModelConfig config, DecoderVariant variant,
+                                          DecoderWeights weights, cpu::RopeTable rope);
+
+}  // namespace atom
