@@ -171,6 +171,10 @@ TEST(Cli, BadFlagsAndBadInput) {
   expect_clean_error(r, "top_p");
   r = atom_run({"generate"});
   expect_clean_error(r, "--prompt");
+  r = atom_run({"generate", "--prompts-file", "/no/such/file.jsonl"});
+  expect_clean_error(r, "prompts file");
+  r = atom_run({"generate", "--prompt", "x", "--max-model-len", "100000"});
+  expect_clean_error(r, "context length");
   r = atom_run({"tokenize"}, "not json\n");
   expect_clean_error(r, "line 1");
   r = atom_run({"detokenize"}, "[1, 99999999]\n");
@@ -180,6 +184,42 @@ TEST(Cli, BadFlagsAndBadInput) {
   r = atom_run({"no-such-command"});
   EXPECT_NE(r.exit_code, 0);
   EXPECT_FALSE(r.crashed);
+}
+
+TEST(Cli, PromptsFileRunsAsOneBatch) {
+  const std::string path = tmp("prompts.jsonl");
+  std::ofstream(path) << "\"What is the capital of France?\"\n\n{\"prompt\": \"Say hi.\"}\n";
+  const RunResult r = atom_run({"generate", "--chat", "--prompts-file", path, "--temperature",
+                                "0", "--max-tokens", "24", "--max-num-seqs", "2"});
+  fs::remove(path);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::istringstream lines(r.out);
+  std::string l1, l2, l3;
+  std::getline(lines, l1);
+  std::getline(lines, l2);
+  EXPECT_FALSE(std::getline(lines, l3));
+  const auto a = nlohmann::json::parse(l1), b = nlohmann::json::parse(l2);
+  EXPECT_EQ(a["index"], 0);
+  EXPECT_NE(a["text"].get<std::string>().find("Paris"), std::string::npos) << l1;
+  EXPECT_EQ(b["index"], 1);
+  EXPECT_GT(b["completion_tokens"].get<int>(), 0);
+  EXPECT_NE(r.err.find("output tokens/s"), std::string::npos) << r.err;
+}
+
+TEST(Cli, StopStringEndsTheText) {
+  const RunResult r = atom_run({"generate", "--chat", "--prompt", "What is the capital of France?",
+                                "--temperature", "0", "--stop", " of"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "The capital\n");
+}
+
+TEST(Cli, BenchThroughputCompletes64Sequences) {
+  const RunResult r = atom_run({"bench", "throughput", "--num-seqs", "64", "--input-len-range",
+                                "8,48", "--output-len-range", "4,12", "--seed", "1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("requests: 64"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("output tokens/s"), std::string::npos) << r.out;
+  expect_clean_error(atom_run({"bench", "throughput", "--input-len-range", "9"}), "MIN,MAX");
 }
 
 TEST(Cli, EnvListsEveryVariable) {

@@ -15,5 +15,7 @@ Command add_tokenize(CLI::App& app);
 Command add_detokenize(CLI::App& app);
 Command add_chat_template(CLI::App& app);
 Command add_env(CLI::App& app);
+Command add_bench_serve(CLI::App& app);  // `atom bench serve`
+Command add_bench_throughput(CLI::App& app);
 
 }  // namespace atom::apps

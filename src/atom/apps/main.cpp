@@ -25,6 +25,18 @@ int main(int argc, char** argv) {
       atom::apps::add_chat_template);
   add("env", "Print every environment variable atom reads, with its value and meaning",
       atom::apps::add_env);
+  CLI::App* bench = app.add_subcommand("bench", "Benchmarks");
+  bench->require_subcommand(1);
+  {
+    CLI::App* sub = bench->add_subcommand(
+        "throughput", "Offline throughput: random prompts, all at once (nano-vllm's benchmark)");
+    commands[sub] = atom::apps::add_bench_throughput(*sub);
+  }
+  {
+    CLI::App* sub = bench->add_subcommand(
+        "serve", "Online serving benchmark of an OpenAI-compatible server (benchmark_serving)");
+    commands[sub] = atom::apps::add_bench_serve(*sub);
+  }
 
   try {
     app.parse(argc, argv);

@@ -1,0 +1,139 @@
+#include "atom/apps/engine_args.h"
+
+#include <omp.h>
+
+#include <filesystem>
+
+#include "atom/core/envs.h"
+#include "atom/core/error.h"
+#include "atom/io/hf_config.h"
+#include "atom/io/model_path.h"
+
+namespace atom::apps {
+
+void EngineArgs::add_to(CLI::App& app) {
+  app.add_option("--model", model.path,
+                 "GGUF file, folder with one, or Hugging Face checkpoint folder (default: "
+                 "SmolLM2-135M-Instruct)");
+  app.add_option("--load-format,--load_format", model.load_format,
+                 "auto: read the weights; dummy: random weights of the right shapes, reading no "
+                 "weight file (HF folders)")
+      ->check(CLI::IsMember({"auto", "dummy"}));
+  app.add_flag("--load-dummy,--load_dummy", model.load_dummy, "Same as --load-format dummy");
+  app.add_option("--max-model-len,--max_model_len", max_model_len,
+                 "Context length (default: the model's)");
+  app.add_option("--block-size,--block_size", block_size, "KV cache block size in tokens")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-num-seqs,--max_num_seqs", max_num_seqs, "Sequences per step")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-num-batched-tokens,--max_num_batched_tokens", max_num_batched_tokens,
+                 "Token budget per step (longer prompts are prefilled in chunks)")
+      ->check(CLI::PositiveNumber);
+  app.add_flag("--enable-prefix-caching,--enable_prefix_caching", enable_prefix_caching,
+               "Reuse the KV cache of shared prompt prefixes");
+  app.add_flag("--no-chunked-prefill", no_chunked_prefill,
+               "ATOM's policy: whole prompts in prefill-only steps, decodes in other steps");
+  app.add_flag("--enforce-eager,--enforce_eager", enforce_eager,
+               "No CUDA graphs (the CPU backend always runs eagerly)");
+  app.add_option("--cpu-kv-cache-space", cpu_kv_cache_space, "KV cache size on the CPU, GiB")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--threads", threads, "CPU threads (default: ATOM_NUM_THREADS, else all)");
+}
+
+EngineConfig EngineArgs::engine_config() const {
+  EngineConfig c;
+  c.scheduler.max_num_seqs = max_num_seqs;
+  c.scheduler.max_num_batched_tokens = max_num_batched_tokens;
+  c.scheduler.max_model_len = max_model_len;
+  c.scheduler.chunked_prefill = !no_chunked_prefill;
+  c.block_size = block_size;
+  c.kv_cache_bytes = size_t(cpu_kv_cache_space * double(size_t(1) << 30));
+  c.enable_prefix_caching = enable_prefix_caching;
+  return c;
+}
+
+LoadFormat ModelSource::format() const {
+  return load_dummy ? LoadFormat::kDummy : parse_load_format(load_format);
+}
+
+namespace {
+
+namespace fs = std::filesystem;
+
+LoadedModel load_gguf(const std::string& path, LoadFormat format) {
+  ATOM_CHECK(format == LoadFormat::kAuto, kUnsupported,
+             "{}: --load-format dummy needs a Hugging Face checkpoint folder, not a GGUF file",
+             path);
+  LoadedModel m;
+  m.gguf = GgufFile::open(path, !envs::ATOM_DISABLE_MMAP());
+  m.tokenizer = Tokenizer::from_gguf(*m.gguf);
+  m.model = load_model_from_gguf(*m.gguf);
+  m.stop_ids = m.tokenizer->stop_ids();
+  return m;
+}
+
+std::unique_ptr<Tokenizer> hf_tokenizer(const std::string& dir) {
+  const fs::path tokenizer_json = fs::path(dir) / "tokenizer.json";
+  ATOM_CHECK(fs::is_regular_file(tokenizer_json), kNotFound,
+             "{}: the checkpoint folder has no tokenizer.json (atom reads HF fast tokenizers)",
+             dir);
+  const fs::path tokenizer_config = fs::path(dir) / "tokenizer_config.json";
+  return Tokenizer::from_hf(tokenizer_json.string(), fs::is_regular_file(tokenizer_config)
+                                                         ? tokenizer_config.string()
+                                                         : std::string());
+}
+
+LoadedModel load_hf(const std::string& dir, LoadFormat format) {
+  const ModelConfig config = load_hf_config(dir);
+  check_model_architecture(config);  // before reading tokenizer or weights
+  LoadedModel m;
+  m.tokenizer = hf_tokenizer(dir);
+  if (format == LoadFormat::kDummy) {
+    m.model = load_model_from_hf(dir, config, LoadFormat::kDummy);
+  } else {
+    m.checkpoint = SafetensorsCheckpoint::open(dir, !envs::ATOM_DISABLE_MMAP());
+    m.model = load_model_from_hf(*m.checkpoint, config);
+  }
+  m.stop_ids = m.tokenizer->stop_ids();
+  if (const std::optional<GenerationConfig> gen = load_generation_config(dir)) {
+    for (const int64_t id : gen->eos_token_ids) {
+      ATOM_CHECK(id >= 0 && id < config.vocab_size, kCorrupt,
+                 "{}/generation_config.json: eos_token_id {} is outside the vocabulary ({})", dir,
+                 id, config.vocab_size);
+      if (std::find(m.stop_ids.begin(), m.stop_ids.end(), int32_t(id)) == m.stop_ids.end())
+        m.stop_ids.push_back(int32_t(id));
+    }
+  }
+  return m;
+}
+
+}  // namespace
+
+LoadedTokenizer load_tokenizer(const std::string& model) {
+  const ModelLocation loc = locate_model(model);
+  LoadedTokenizer t;
+  if (loc.format == ModelFormat::kHfFolder) {
+    t.tokenizer = hf_tokenizer(loc.path);
+  } else {
+    t.gguf = GgufFile::open(loc.path, !envs::ATOM_DISABLE_MMAP());
+    t.tokenizer = Tokenizer::from_gguf(*t.gguf);
+  }
+  return t;
+}
+
+LoadedModel load_model(const ModelSource& source) {
+  const ModelLocation loc = locate_model(source.path);
+  return loc.format == ModelFormat::kHfFolder ? load_hf(loc.path, source.format())
+                                              : load_gguf(loc.path, source.format());
+}
+
+LoadedModel load_model(const std::string& model, LoadFormat format) {
+  return load_model(ModelSource{model, format == LoadFormat::kDummy ? "dummy" : "auto"});
+}
+
+void set_threads(int64_t flag) {
+  const int64_t n = flag > 0 ? flag : envs::ATOM_NUM_THREADS();
+  if (n > 0) omp_set_num_threads(int(n));
+}
+
+}  // namespace atom::apps

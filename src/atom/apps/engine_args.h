@@ -1,0 +1,71 @@
+// The engine flags shared by generate, bench throughput and (later) serve, with ATOM's names
+// and both the `-` and `_` spellings where ATOM has them (SPEC.md 1.2).
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "atom/engine/llm_engine.h"
+#include "atom/io/gguf.h"
+#include "atom/io/safetensors.h"
+#include "atom/models/model.h"
+#include "atom/tokenizer/tokenizer.h"
+
+namespace atom::apps {
+
+// --model and how to load its weights (--load-format, --load_dummy): what load_model needs.
+struct ModelSource {
+  std::string path;                  // GGUF file, folder with one, or HF checkpoint folder
+  std::string load_format = "auto";  // "auto" or "dummy"
+  bool load_dummy = false;           // ATOM's --load_dummy: same as --load-format dummy
+
+  LoadFormat format() const;
+};
+
+struct EngineArgs {
+  ModelSource model;
+  int64_t max_model_len = 0;  // 0: the model's context length
+  int64_t block_size = 16;
+  int64_t max_num_seqs = 512;
+  int64_t max_num_batched_tokens = 16384;
+  bool enable_prefix_caching = false;
+  bool no_chunked_prefill = false;
+  bool enforce_eager = false;       // accepted for ATOM compatibility; the CPU runs eagerly
+  double cpu_kv_cache_space = 1.0;  // GiB of KV cache on the CPU backend
+  int64_t threads = 0;
+
+  void add_to(CLI::App& app);
+  EngineConfig engine_config() const;
+};
+
+// A loaded model: the file its weights are views of (a GGUF file, a safetensors checkpoint, or
+// neither for dummy weights), its tokenizer and the model. Members are destroyed bottom-up, so
+// the model goes before the files it points into.
+struct LoadedModel {
+  std::unique_ptr<GgufFile> gguf;
+  std::unique_ptr<SafetensorsCheckpoint> checkpoint;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<Model> model;
+  // The tokenizer's stop ids plus, for HF folders, generation_config.json's eos_token_id(s).
+  std::vector<int32_t> stop_ids;
+};
+// GGUF: tokenizer and weights from the file (kUnsupported with LoadFormat::kDummy). HF folder:
+// config.json, tokenizer.json (+ tokenizer_config.json for specials and the chat template),
+// generation_config.json, and the safetensors weights unless kDummy, which reads no weight file.
+LoadedModel load_model(const ModelSource& source);
+
+// A model's tokenizer (and chat template) without its weights.
+struct LoadedTokenizer {
+  std::unique_ptr<GgufFile> gguf;  // GGUF models: the file the tokenizer reads from
+  std::unique_ptr<Tokenizer> tokenizer;
+};
+LoadedTokenizer load_tokenizer(const std::string& model);
+LoadedModel load_model(const std::string& model, LoadFormat format = LoadFormat::kAuto);
+
+// --threads, else ATOM_NUM_THREADS, else one per core.
+void set_threads(int64_t flag);
+
+}  // namespace atom::apps
