@@ -35,11 +35,15 @@ std::string tmp(const std::string& name) {
       .string();
 }
 
-// Runs `atom <args>` with `input` on stdin. Arguments are single-quoted for the shell.
-RunResult atom_run(const std::vector<std::string>& args, const std::string& input = "") {
+// Runs `atom <args>` with `input` on stdin, after `env` assignments ("NAME=value"). Arguments
+// are single-quoted for the shell.
+RunResult atom_run(const std::vector<std::string>& args, const std::string& input = "",
+                   const std::vector<std::string>& env = {}) {
   const std::string in = tmp("in"), out = tmp("out"), err = tmp("err");
   std::ofstream(in, std::ios::binary) << input;
-  std::string cmd = std::string("'") + ATOM_BINARY + "'";
+  std::string cmd;
+  for (const std::string& e : env) cmd += "'" + e + "' ";
+  cmd = (env.empty() ? std::string() : "env " + cmd) + "'" + ATOM_BINARY + "'";
   for (const std::string& a : args) {
     std::string q;
     for (char c : a) q += (c == '\'') ? std::string("'\\''") : std::string(1, c);
@@ -173,8 +177,10 @@ TEST(Cli, BadFlagsAndBadInput) {
   expect_clean_error(r, "--prompt");
   r = atom_run({"generate", "--prompts-file", "/no/such/file.jsonl"});
   expect_clean_error(r, "prompts file");
-  r = atom_run({"generate", "--prompt", "x", "--max-model-len", "100000"});
-  expect_clean_error(r, "context length");
+  // Beyond the model's context, --max-model-len is clamped with a warning (as ATOM does).
+  r = atom_run({"generate", "--prompt", "x", "--max-model-len", "100000", "--max-tokens", "2"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("8192"), std::string::npos) << r.err;
   r = atom_run({"tokenize"}, "not json\n");
   expect_clean_error(r, "line 1");
   r = atom_run({"detokenize"}, "[1, 99999999]\n");
@@ -220,6 +226,29 @@ TEST(Cli, BenchThroughputCompletes64Sequences) {
   EXPECT_NE(r.out.find("requests: 64"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("output tokens/s"), std::string::npos) << r.out;
   expect_clean_error(atom_run({"bench", "throughput", "--input-len-range", "9"}), "MIN,MAX");
+}
+
+TEST(Cli, HfRepoIdResolvesFromTheHfCacheOffline) {
+  // The huggingface_hub cache layout: models--org--name/{refs/main, snapshots/<commit>/...}.
+  const fs::path home = tmp("hf_home");
+  const std::string commit = "0123456789abcdef0123456789abcdef01234567";
+  const fs::path repo = home / "hub" / "models--atom-test--llama-tiny";
+  fs::create_directories(repo / "refs");
+  fs::create_directories(repo / "snapshots");
+  std::ofstream(repo / "refs" / "main") << commit;
+  fs::copy(std::string(ATOM_TEST_DATA_DIR) + "/hf_models/llama-tiny", repo / "snapshots" / commit,
+           fs::copy_options::recursive);
+  const RunResult r = atom_run(
+      {"generate", "--model", "atom-test/llama-tiny", "--prompt", "Hello", "--max-tokens", "4",
+       "--temperature", "0", "--ignore-eos"},
+      "", {"HF_HOME=" + home.string(), "HF_HUB_OFFLINE=1"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("decode: 4 tokens"), std::string::npos) << r.err;
+  // Offline with nothing cached: a clear error naming the repo.
+  const RunResult missing = atom_run({"generate", "--model", "atom-test/absent", "--prompt", "x"},
+                                     "", {"HF_HOME=" + home.string(), "HF_HUB_OFFLINE=1"});
+  expect_clean_error(missing, "atom-test/absent");
+  fs::remove_all(home);
 }
 
 TEST(Cli, EnvListsEveryVariable) {

@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "atom/core/error.h"
+#include "atom/io/hf_config.h"
 
 namespace atom {
 
@@ -18,11 +19,9 @@ double seconds_between(std::chrono::steady_clock::time_point a,
 EngineConfig resolve_engine_config(EngineConfig c, const ModelConfig& m, const Tokenizer& tok) {
   // The tokenizer's EOS is reported as ATOM's raw reason "eos", other stop ids as "stop_<id>".
   if (c.scheduler.eos_token_id < 0) c.scheduler.eos_token_id = tok.eos_id();
+  // As ATOM: unset means max_position_embeddings (8192 if absent), a larger value is clamped.
   int64_t& len = c.scheduler.max_model_len;
-  if (len <= 0) len = m.max_position_embeddings > 0 ? m.max_position_embeddings : 8192;
-  ATOM_CHECK(len <= m.max_position_embeddings || m.max_position_embeddings <= 0,
-             kInvalidArgument, "max_model_len {} exceeds the model's context length {}", len,
-             m.max_position_embeddings);
+  len = resolve_max_model_len(len > 0 ? std::optional<int64_t>(len) : std::nullopt, m);
   ATOM_CHECK(c.block_size > 0, kInvalidArgument, "block size must be positive, got {}",
              c.block_size);
   if (c.num_kv_blocks <= 0)
