@@ -39,7 +39,7 @@ inline std::shared_ptr<TestTokenizer> gpt2_tokenizer() {
 #define ATOM_REQUIRE_GPT2(var)                                                        \
   const auto var##_holder = ::atom::bench::testing::gpt2_tokenizer();                 \
   if (!var##_holder) GTEST_SKIP() << "../shared/testdata is absent (no GPT-2 vocab)"; \
-  const ::atom::Tokenizer& var = *var##_holder->tok
+  [[maybe_unused]] const ::atom::Tokenizer& var = *var##_holder->tok
 
 inline std::string bench_data(const std::string& name) {
   return std::string(ATOM_TEST_DATA_DIR) + "/bench/" + name;

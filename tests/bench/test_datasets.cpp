@@ -32,13 +32,15 @@ TEST(ShareGpt, FiltersShufflesAndMeasures) {
                          "Write a short poem about the sea and the wind at night.",
                          "List three prime numbers greater than ten, please.",
                          "What is the capital city of France known for?"}));
-  for (const auto& r : reqs)
-    if (r.prompt.rfind("Write", 0) == 0)  // first two turns only: the reply's length
+  for (const auto& r : reqs) {
+    if (r.prompt.rfind("Write", 0) == 0) {  // first two turns only: the reply's length
       EXPECT_EQ(r.output_len,
                 int64_t(tok.encode("The sea hums low beneath the moon, the wind replies in "
                                    "silver tune.",
                                    true)
                             .size()));
+    }
+  }
 
   // A fixed output length keeps the short reply (d) and sets every output length.
   Rng rng2(0);

@@ -13,6 +13,7 @@
 
 #include "atom/core/error.h"
 #include "atom/core/ggml_types.h"
+#include "atom/io/file_bytes.h"
 
 namespace atom {
 
@@ -99,8 +100,7 @@ class GgufFile {
   const uint8_t* base_ = nullptr;  // whole file
   size_t size_ = 0;
   const uint8_t* data_ = nullptr;  // start of the tensor data section
-  bool mapped_ = false;
-  std::vector<uint8_t> owned_;     // file contents when not mapped
+  FileBytes bytes_;                // owns base_
   std::unordered_map<std::string, GgufValue> kv_;
   std::vector<std::string> key_order_;
   std::vector<GgufTensorInfo> tensors_;

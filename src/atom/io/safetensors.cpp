@@ -1,10 +1,5 @@
 #include "atom/io/safetensors.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -133,57 +128,18 @@ DType SafetensorsView::atom_dtype() const {
 std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path, bool use_mmap) {
   std::unique_ptr<SafetensorsFile> f(new SafetensorsFile());
   f->path_ = path;
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int err = errno;
-    ATOM_CHECK(err != ENOENT, kNotFound, "safetensors file not found: {}", path);
-    throw_error(ErrorCode::kIo, "cannot open {}: {}", path, std::strerror(err));
-  }
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw_error(ErrorCode::kInvalidArgument, "{} is not a regular file", path);
-  }
-  f->size_ = size_t(st.st_size);
-  if (f->size_ < 8) {
-    ::close(fd);
-    throw_error(ErrorCode::kCorrupt,
-                "{}: truncated safetensors file: {} bytes, fewer than the 8-byte header length",
-                path, f->size_);
-  }
-  if (use_mmap) {
-    void* p = ::mmap(nullptr, f->size_, PROT_READ, MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED) {
-      const int err = errno;
-      ::close(fd);
-      throw_error(ErrorCode::kIo, "cannot mmap {}: {}", path, std::strerror(err));
-    }
-    f->base_ = static_cast<const uint8_t*>(p);
-    f->mapped_ = true;
-  } else {
-    f->owned_.resize(f->size_);
-    size_t got = 0;
-    while (got < f->size_) {
-      const ssize_t r = ::read(fd, f->owned_.data() + got, f->size_ - got);
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) {
-        const int err = errno;
-        ::close(fd);
-        throw_error(ErrorCode::kIo, "cannot read {}: {}", path,
-                    r == 0 ? "unexpected end of file" : std::strerror(err));
-      }
-      got += size_t(r);
-    }
-    f->base_ = f->owned_.data();
-  }
-  ::close(fd);
+  f->bytes_ = FileBytes::open(path, use_mmap, "safetensors file");
+  f->base_ = f->bytes_.data();
+  f->size_ = f->bytes_.size();
+  f->mapped_ = f->bytes_.mapped();
+  ATOM_CHECK(f->size_ >= 8, kCorrupt,
+             "{}: truncated safetensors file: {} bytes, fewer than the 8-byte header length", path,
+             f->size_);
   f->parse();
   return f;
 }
 
-SafetensorsFile::~SafetensorsFile() {
-  if (mapped_ && base_) ::munmap(const_cast<uint8_t*>(base_), size_);
-}
+SafetensorsFile::~SafetensorsFile() = default;
 
 void SafetensorsFile::parse() {
   uint64_t header_len = 0;

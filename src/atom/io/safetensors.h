@@ -10,6 +10,8 @@
 // read whole when use_mmap is false (the caller passes envs::ATOM_DISABLE_MMAP()).
 #pragma once
 
+#include "atom/io/file_bytes.h"
+
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -100,7 +102,7 @@ class SafetensorsFile {
   const uint8_t* data_ = nullptr;  // start of the data section
   size_t data_size_ = 0;
   bool mapped_ = false;
-  std::vector<uint8_t> owned_;  // file contents when not mapped
+  FileBytes bytes_;             // owns base_
   std::vector<SafetensorsTensorInfo> tensors_;
   std::unordered_map<std::string_view, size_t> index_;  // keys point into tensors_[i].name
   std::map<std::string, std::string> metadata_;

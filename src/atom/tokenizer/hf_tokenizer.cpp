@@ -675,24 +675,6 @@ void parse_decoder(const Json& j, std::vector<DecStep>& out) {
   out.push_back(std::move(s));
 }
 
-// "<0x0A>" -> 0x0A; -1 when text is not of that form.
-int parse_byte_token(std::string_view text) {
-  if (text.size() != 6 || text.substr(0, 3) != "<0x" || text[5] != '>') return -1;
-  int v = 0;
-  for (const char c : text.substr(3, 2)) {
-    v <<= 4;
-    if (c >= '0' && c <= '9')
-      v |= c - '0';
-    else if (c >= 'A' && c <= 'F')
-      v |= c - 'A' + 10;
-    else if (c >= 'a' && c <= 'f')
-      v |= c - 'a' + 10;
-    else
-      return -1;
-  }
-  return v;
-}
-
 Json read_json(const std::string& path) {
   ATOM_CHECK(std::filesystem::exists(path), kNotFound, "{}: no such file", path);
   std::ifstream in(path, std::ios::binary);
@@ -939,7 +921,7 @@ HfTokenizerData load_hf_tokenizer(const std::string& tokenizer_json_path,
     for (const auto& [text, id] : bpe.vocab) {
       v.texts[id] = text;
       v.types[id] =
-          bpe.byte_fallback && parse_byte_token(text) >= 0 ? TokenType::kByte : TokenType::kNormal;
+          bpe.byte_fallback && unicode::parse_byte_token(text) >= 0 ? TokenType::kByte : TokenType::kNormal;
     }
     for (const AddedToken& a : p.added) {
       v.texts[a.id] = a.content;
@@ -1005,7 +987,7 @@ HfTokenizerData load_hf_tokenizer(const std::string& tokenizer_json_path,
               replace_all(*t, st.a, st.b);
               break;
             case DecStep::Type::kByteFallback: {
-              const int b = parse_byte_token(*t);
+              const int b = unicode::parse_byte_token(*t);
               if (b >= 0) *t = std::string(1, static_cast<char>(b));
               break;
             }

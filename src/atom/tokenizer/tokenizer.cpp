@@ -33,24 +33,6 @@ bool is_unicode_whitespace(uint32_t cp) {
          cp == 0x205F || cp == 0x3000;
 }
 
-// "<0x0A>" -> 0x0A; -1 when text is not of that form.
-int parse_byte_token(std::string_view text) {
-  if (text.size() != 6 || text.substr(0, 3) != "<0x" || text[5] != '>') return -1;
-  int v = 0;
-  for (const char c : text.substr(3, 2)) {
-    v <<= 4;
-    if (c >= '0' && c <= '9')
-      v |= c - '0';
-    else if (c >= 'A' && c <= 'F')
-      v |= c - 'A' + 10;
-    else if (c >= 'a' && c <= 'f')
-      v |= c - 'a' + 10;
-    else
-      return -1;
-  }
-  return v;
-}
-
 std::string to_lower(std::string s) {
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return s;
@@ -235,7 +217,7 @@ std::unique_ptr<Tokenizer> Tokenizer::from_gguf(const GgufFile& file) {
     std::string& out = m.bytes[i];
     switch (v.types[i]) {
       case TokenType::kByte: {
-        const int b = parse_byte_token(text);
+        const int b = unicode::parse_byte_token(text);
         if (b >= 0) {
           out.push_back(static_cast<char>(b));
         } else {

@@ -115,4 +115,21 @@ const ByteLevelAlphabet& byte_level_alphabet() {
   return alphabet;
 }
 
+int parse_byte_token(std::string_view text) {
+  if (text.size() != 6 || text.substr(0, 3) != "<0x" || text[5] != '>') return -1;
+  int v = 0;
+  for (const char c : text.substr(3, 2)) {
+    v <<= 4;
+    if (c >= '0' && c <= '9')
+      v |= c - '0';
+    else if (c >= 'A' && c <= 'F')
+      v |= c - 'A' + 10;
+    else if (c >= 'a' && c <= 'f')
+      v |= c - 'a' + 10;
+    else
+      return -1;
+  }
+  return v;
+}
+
 }  // namespace atom::unicode

@@ -38,6 +38,9 @@ size_t utf8_incomplete_tail(std::string_view s);
 
 using ::atom::utf8_append;  // core/utf8.h
 
+// SentencePiece byte-fallback token text "<0x0A>" -> 0x0A; -1 when text is not of that form.
+int parse_byte_token(std::string_view text);
+
 // GPT-2's reversible byte -> printable code point map: bytes that are printable Latin-1
 // (33..126, 161..172, 174..255) map to themselves, the other 68 to 256, 257, ... in byte order.
 struct ByteLevelAlphabet {
