@@ -41,10 +41,14 @@ FileBytes FileBytes::open(const std::string& path, bool use_mmap, std::string_vi
     f.data_ = static_cast<const uint8_t*>(p);
     f.mapped_ = true;
   } else {
-    f.owned_.resize(f.size_);
+    f.owned_.reset(static_cast<uint8_t*>(std::aligned_alloc(64, (f.size_ + 63) / 64 * 64)));
+    if (!f.owned_) {
+      ::close(fd);
+      throw_error(ErrorCode::kIo, "out of memory reading {} ({} bytes)", path, f.size_);
+    }
     size_t got = 0;
     while (got < f.size_) {
-      const ssize_t r = ::read(fd, f.owned_.data() + got, f.size_ - got);
+      const ssize_t r = ::read(fd, f.owned_.get() + got, f.size_ - got);
       if (r < 0 && errno == EINTR) continue;
       if (r <= 0) {
         const int err = errno;
@@ -54,7 +58,7 @@ FileBytes FileBytes::open(const std::string& path, bool use_mmap, std::string_vi
       }
       got += size_t(r);
     }
-    f.data_ = f.owned_.data();
+    f.data_ = f.owned_.get();
   }
   ::close(fd);
   return f;
@@ -67,7 +71,7 @@ FileBytes& FileBytes::operator=(FileBytes&& other) noexcept {
     release();
     size_ = std::exchange(other.size_, 0);
     mapped_ = std::exchange(other.mapped_, false);
-    owned_ = std::move(other.owned_);  // a moved vector keeps its buffer: data_ stays valid
+    owned_ = std::move(other.owned_);
     data_ = std::exchange(other.data_, nullptr);
   }
   return *this;
@@ -80,7 +84,7 @@ void FileBytes::release() {
   data_ = nullptr;
   size_ = 0;
   mapped_ = false;
-  owned_.clear();
+  owned_.reset();
 }
 
 }  // namespace atom

@@ -6,8 +6,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <cstdlib>
+#include <memory>
 #include <string_view>
-#include <vector>
 
 namespace atom {
 
@@ -31,10 +32,15 @@ class FileBytes {
  private:
   void release();
 
-  const uint8_t* data_ = nullptr;
+  const uint8_t* data_ = nullptr;  // mapped pages, or owned_
   size_t size_ = 0;
   bool mapped_ = false;
-  std::vector<uint8_t> owned_;  // the contents when not mapped
+  // The contents when not mapped, 64-byte aligned like mapped pages, so tensor data keeps the
+  // alignment the file format promises (GGUF: general.alignment, 32 by default).
+  struct Free {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  std::unique_ptr<uint8_t, Free> owned_;
 };
 
 }  // namespace atom
