@@ -1,6 +1,8 @@
 // `atom bench throughput`: nano-vllm's offline benchmark. Random prompts of random lengths, all
 // submitted at once with ignore_eos, run to completion; reports requests/s and tokens/s.
 #include <chrono>
+#include <cinttypes>
+#include <cstdio>
 #include <random>
 
 #include "atom/apps/commands.h"
@@ -12,15 +14,11 @@ namespace atom::apps {
 
 namespace {
 std::pair<int64_t, int64_t> parse_range(const std::string& s, const char* flag) {
-  const size_t comma = s.find(',');
+  // "MIN,MAX" with two integers and nothing else.
   int64_t lo = 0, hi = 0;
-  try {
-    ATOM_CHECK(comma != std::string::npos, kInvalidArgument, "");
-    lo = std::stoll(s.substr(0, comma));
-    hi = std::stoll(s.substr(comma + 1));
-  } catch (const std::exception&) {
-    throw_error(ErrorCode::kInvalidArgument, "{} expects MIN,MAX, got '{}'", flag, s);
-  }
+  char tail = 0;
+  const bool ok = std::sscanf(s.c_str(), "%" SCNd64 ",%" SCNd64 "%c", &lo, &hi, &tail) == 2;
+  ATOM_CHECK(ok, kInvalidArgument, "{} expects MIN,MAX, got '{}'", flag, s);
   ATOM_CHECK(lo >= 1 && lo <= hi, kInvalidArgument, "{} needs 1 <= MIN <= MAX, got '{}'", flag,
              s);
   return {lo, hi};
