@@ -56,6 +56,21 @@ std::string error_of(const BenchArgs& a) {
   return "no error";
 }
 
+// The tokenizer may come from an HF checkpoint folder or a tokenizer.json file too.
+TEST(Serve, HfTokenizerFolderAndJson) {
+  const std::string folder = std::string(ATOM_TEST_DATA_DIR) + "/hf_models/llama-tiny";
+  for (const std::string& tokenizer : {folder, folder + "/tokenizer.json"}) {
+    FakeServer server([](const Recorded& r, int64_t) { return reply_for(r); });
+    BenchArgs a = random_args(server);
+    a.tokenizer = tokenizer;
+    std::ostringstream out;
+    const ServeResult sr = run_bench_serve(a, out);
+    EXPECT_EQ(sr.failed, 0) << tokenizer;
+    EXPECT_NE(out.str().find("Successful requests:                     8 "), std::string::npos)
+        << tokenizer << "\n" << out.str();
+  }
+}
+
 TEST(Serve, ResultJsonAndPytorchFile) {
   ATOM_REQUIRE_GPT2(tok);
   FakeServer server([](const Recorded& r, int64_t) { return reply_for(r); });

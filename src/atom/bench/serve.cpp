@@ -104,41 +104,55 @@ struct LoadedTokenizer {
   std::unique_ptr<Tokenizer> tok;
 };
 
-// The tokenizer is atom's GGUF one: --tokenizer (a .gguf file, or a directory holding one), else
-// --model when it names a local path, else the default model's. Nothing is downloaded.
+// The model's tokenizer: --tokenizer (a .gguf file or a folder holding one, an HF checkpoint
+// folder, or a tokenizer.json file), else --model when it names a local path, else the default
+// model's. Nothing is downloaded.
 LoadedTokenizer load_tokenizer(const BenchArgs& args) {
-  std::string path;
   const auto is_local = [](const std::string& p) {
     std::error_code ec;
     return fs::exists(envs::expand_user(p), ec);
   };
-  const std::string source = args.tokenizer ? *args.tokenizer : args.model;
-  ATOM_CHECK(!ends_with(source, ".json"), kUnsupported,
-             "tokenizer {}: HF tokenizer.json files are not supported yet; pass --tokenizer with "
-             "a .gguf file",
-             source);
+  std::string source = args.tokenizer ? *args.tokenizer : args.model;
   if (args.tokenizer || is_local(args.model)) {
     ATOM_CHECK(is_local(source) || !envs::VLLM_USE_MODELSCOPE(), kUnsupported,
                "tokenizer {} is not a local path and VLLM_USE_MODELSCOPE asks for a ModelScope "
                "download; atom bench serve does not download: pass --tokenizer with a local "
-               ".gguf file",
+               "path",
                source);
-    path = resolve_model_path(source);
+    ATOM_CHECK(is_local(source), kNotFound,
+               "tokenizer {} is not a local path; atom bench serve does not download: pass "
+               "--tokenizer with a .gguf file, an HF checkpoint folder or a tokenizer.json",
+               source);
   } else {
     ATOM_CHECK(!envs::VLLM_USE_MODELSCOPE(), kUnsupported,
                "--model {} is not a local path and VLLM_USE_MODELSCOPE asks for a ModelScope "
                "download of its tokenizer; atom bench serve does not download: pass --tokenizer "
-               "with a local .gguf file",
+               "with a local path",
                args.model);
-    path = resolve_model_path("");
+    source = default_model_path();
     std::cerr << fmt::format(
         "note: --model {} is not a local path; counting tokens with the default model's "
         "tokenizer ({}); pass --tokenizer to choose another\n",
-        args.model, path);
+        args.model, source);
   }
   LoadedTokenizer t;
-  t.file = GgufFile::open(path, !envs::ATOM_DISABLE_MMAP());
-  t.tok = Tokenizer::from_gguf(*t.file);
+  const fs::path local = envs::expand_user(source);
+  std::error_code ec;
+  if (ends_with(source, ".json") && fs::is_regular_file(local, ec)) {  // a tokenizer.json
+    const fs::path config = local.parent_path() / "tokenizer_config.json";
+    t.tok = Tokenizer::from_hf(local.string(),
+                               fs::is_regular_file(config, ec) ? config.string() : std::string());
+    return t;
+  }
+  const ModelLocation loc = locate_model(source);
+  if (loc.format == ModelFormat::kHfFolder) {
+    const fs::path config = fs::path(loc.path) / "tokenizer_config.json";
+    t.tok = Tokenizer::from_hf((fs::path(loc.path) / "tokenizer.json").string(),
+                               fs::is_regular_file(config, ec) ? config.string() : std::string());
+  } else {
+    t.file = GgufFile::open(loc.path, !envs::ATOM_DISABLE_MMAP());
+    t.tok = Tokenizer::from_gguf(*t.file);
+  }
   return t;
 }
 
