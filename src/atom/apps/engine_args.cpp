@@ -72,22 +72,11 @@ LoadedModel load_gguf(const std::string& path, LoadFormat format) {
   return m;
 }
 
-std::unique_ptr<Tokenizer> hf_tokenizer(const std::string& dir) {
-  const fs::path tokenizer_json = fs::path(dir) / "tokenizer.json";
-  ATOM_CHECK(fs::is_regular_file(tokenizer_json), kNotFound,
-             "{}: the checkpoint folder has no tokenizer.json (atom reads HF fast tokenizers)",
-             dir);
-  const fs::path tokenizer_config = fs::path(dir) / "tokenizer_config.json";
-  return Tokenizer::from_hf(tokenizer_json.string(), fs::is_regular_file(tokenizer_config)
-                                                         ? tokenizer_config.string()
-                                                         : std::string());
-}
-
 LoadedModel load_hf(const std::string& dir, LoadFormat format) {
   const ModelConfig config = load_hf_config(dir);
   check_model_architecture(config);  // before reading tokenizer or weights
   LoadedModel m;
-  m.tokenizer = hf_tokenizer(dir);
+  m.tokenizer = Tokenizer::from_hf_folder(dir);
   if (format == LoadFormat::kDummy) {
     m.model = load_model_from_hf(dir, config, LoadFormat::kDummy);
   } else {
@@ -113,7 +102,7 @@ LoadedTokenizer load_tokenizer(const std::string& model) {
   const ModelLocation loc = locate_model(model);
   LoadedTokenizer t;
   if (loc.format == ModelFormat::kHfFolder) {
-    t.tokenizer = hf_tokenizer(loc.path);
+    t.tokenizer = Tokenizer::from_hf_folder(loc.path);
   } else {
     t.gguf = GgufFile::open(loc.path, !envs::ATOM_DISABLE_MMAP());
     t.tokenizer = Tokenizer::from_gguf(*t.gguf);

@@ -146,9 +146,7 @@ LoadedTokenizer load_tokenizer(const BenchArgs& args) {
   }
   const ModelLocation loc = locate_model(source);
   if (loc.format == ModelFormat::kHfFolder) {
-    const fs::path config = fs::path(loc.path) / "tokenizer_config.json";
-    t.tok = Tokenizer::from_hf((fs::path(loc.path) / "tokenizer.json").string(),
-                               fs::is_regular_file(config, ec) ? config.string() : std::string());
+    t.tok = Tokenizer::from_hf_folder(loc.path);
   } else {
     t.file = GgufFile::open(loc.path, !envs::ATOM_DISABLE_MMAP());
     t.tok = Tokenizer::from_gguf(*t.file);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <filesystem>
 
 #include "atom/core/error.h"
 #include "atom/io/gguf.h"
@@ -287,6 +288,16 @@ std::unique_ptr<Tokenizer> Tokenizer::from_gguf(const GgufFile& file) {
     }
   }
   return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(impl)));
+}
+
+std::unique_ptr<Tokenizer> Tokenizer::from_hf_folder(const std::string& dir) {
+  namespace fs = std::filesystem;
+  const fs::path json = fs::path(dir) / "tokenizer.json";
+  ATOM_CHECK(fs::is_regular_file(json), kNotFound,
+             "{}: the checkpoint folder has no tokenizer.json (atom reads HF fast tokenizers)",
+             dir);
+  const fs::path config = fs::path(dir) / "tokenizer_config.json";
+  return from_hf(json.string(), fs::is_regular_file(config) ? config.string() : std::string());
 }
 
 std::unique_ptr<Tokenizer> Tokenizer::from_hf(const std::string& tokenizer_json_path,

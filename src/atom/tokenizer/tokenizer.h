@@ -35,6 +35,9 @@ class Tokenizer {
   // file, kCorrupt for malformed JSON or an inconsistent vocabulary.
   static std::unique_ptr<Tokenizer> from_hf(const std::string& tokenizer_json_path,
                                             const std::string& tokenizer_config_json_path);
+  // From an HF checkpoint folder: its tokenizer.json (required) and tokenizer_config.json (when
+  // present).
+  static std::unique_ptr<Tokenizer> from_hf_folder(const std::string& dir);
   ~Tokenizer();
   Tokenizer(const Tokenizer&) = delete;
   Tokenizer& operator=(const Tokenizer&) = delete;
