@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git python3 python3-pip
   nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libfmt-dev libspdlog-dev
-  libxxhash-dev libpcre2-dev libgtest-dev libgmock-dev libcurl4-openssl-dev
+  libxxhash-dev libpcre2-dev libgtest-dev libgmock-dev libcurl4-openssl-dev libboost-dev
 )
 
 missing=()

@@ -34,13 +34,7 @@ using nlohmann::json;
 // Python dicts are: key order shows in tojson output (tool schemas).
 nlohmann::ordered_json template_context(const Tokenizer& tok, nlohmann::ordered_json ctx) {
   const auto piece = [&](int32_t id) { return id >= 0 ? tok.token_bytes(id) : std::string(); };
-  if (!ctx.contains("bos_token")) ctx["bos_token"] = piece(tok.bos_id());
-  if (!ctx.contains("eos_token")) ctx["eos_token"] = piece(tok.eos_id());
-  if (!ctx.contains("add_generation_prompt")) ctx["add_generation_prompt"] = false;
-  // transformers' apply_chat_template always passes these, as None when absent.
-  if (!ctx.contains("tools")) ctx["tools"] = nullptr;
-  if (!ctx.contains("documents")) ctx["documents"] = nullptr;
-  return ctx;
+  return chat_template_context(std::move(ctx), piece(tok.bos_id()), piece(tok.eos_id()));
 }
 
 const std::string& model_template(const Tokenizer& tok) {

@@ -11,6 +11,7 @@ namespace atom::apps {
 using Command = std::function<int()>;
 
 Command add_generate(CLI::App& app);
+Command add_serve(CLI::App& app);  // `atom serve`: the OpenAI-compatible server
 Command add_tokenize(CLI::App& app);
 Command add_detokenize(CLI::App& app);
 Command add_chat_template(CLI::App& app);

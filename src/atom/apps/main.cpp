@@ -1,4 +1,5 @@
-// atom: one binary for every entry point (generate, tokenize, detokenize, chat-template, env).
+// atom: one binary for every entry point (serve, generate, tokenize, detokenize, chat-template,
+// env, bench).
 #include <cstdio>
 #include <map>
 #include <string>
@@ -16,6 +17,7 @@ int main(int argc, char** argv) {
     CLI::App* sub = app.add_subcommand(name, help);
     commands[sub] = adder(*sub);
   };
+  add("serve", "Serve the model over an OpenAI-compatible HTTP API", atom::apps::add_serve);
   add("generate", "Generate text from a prompt, streaming it to stdout", atom::apps::add_generate);
   add("tokenize", "Read JSON strings (one per line) on stdin, write token id arrays",
       atom::apps::add_tokenize);

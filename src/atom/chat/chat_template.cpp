@@ -67,4 +67,15 @@ std::string ChatTemplate::render(const nlohmann::ordered_json& context) const {
   return render_impl(impl_->body, context);
 }
 
+nlohmann::ordered_json chat_template_context(nlohmann::ordered_json ctx,
+                                             const std::string& bos_token,
+                                             const std::string& eos_token) {
+  if (!ctx.contains("bos_token")) ctx["bos_token"] = bos_token;
+  if (!ctx.contains("eos_token")) ctx["eos_token"] = eos_token;
+  if (!ctx.contains("add_generation_prompt")) ctx["add_generation_prompt"] = false;
+  if (!ctx.contains("tools")) ctx["tools"] = nullptr;
+  if (!ctx.contains("documents")) ctx["documents"] = nullptr;
+  return ctx;
+}
+
 }  // namespace atom

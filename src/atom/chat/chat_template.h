@@ -53,4 +53,11 @@ class ChatTemplate {
   std::shared_ptr<const Impl> impl_;  // the parsed template; immutable, shared by copies
 };
 
+// The variables transformers' apply_chat_template passes besides the caller's: bos_token and
+// eos_token (the tokenizer's, as text), add_generation_prompt (false), and tools and documents
+// (None). Keys already in `ctx` are kept.
+nlohmann::ordered_json chat_template_context(nlohmann::ordered_json ctx,
+                                             const std::string& bos_token,
+                                             const std::string& eos_token);
+
 }  // namespace atom

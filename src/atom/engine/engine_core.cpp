@@ -13,7 +13,7 @@ EngineCore::~EngineCore() { shutdown(); }
 
 int64_t EngineCore::add_request(std::vector<int32_t> prompt, SamplingParams params,
                                 Callback callback) {
-  engine_->validate(prompt, params);  // reads only the immutable config: safe here
+  validate(prompt, params);
   const int64_t id = next_id_++;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -94,6 +94,8 @@ void EngineCore::loop() {
       for (RequestOutput& o : engine_->step()) outputs.push_back(std::move(o));
     }
     kv_usage_ = engine_->block_manager().usage();
+    num_running_ = engine_->scheduler().num_running();
+    num_waiting_ = engine_->scheduler().num_waiting();
     for (const RequestOutput& o : outputs) {
       Callback cb;
       {

@@ -35,7 +35,17 @@ class EngineCore {
   // Stops accepting work, aborts everything in flight, joins the loop.
   void shutdown();
 
+  // Throws atom::Error as add_request would, without queuing anything: a request that expands
+  // into several engine requests (n > 1, a batch of prompts) is checked whole before any starts.
+  void validate(const std::vector<int32_t>& prompt, const SamplingParams& params) const {
+    engine_->validate(prompt, params);  // reads only the immutable config
+  }
+  const EngineConfig& config() const { return engine_->config(); }  // immutable after start
+
+  // Gauges for /metrics, updated after every step (and when requests arrive).
   int64_t num_unfinished() const { return num_unfinished_.load(); }
+  int64_t num_running() const { return num_running_.load(); }
+  int64_t num_waiting() const { return num_waiting_.load(); }
   double kv_cache_usage() const { return kv_usage_.load(); }
 
  private:
@@ -55,6 +65,8 @@ class EngineCore {
   bool stop_ = false;                     // guarded by mu_
   std::atomic<int64_t> next_id_{0};
   std::atomic<int64_t> num_unfinished_{0};
+  std::atomic<int64_t> num_running_{0};
+  std::atomic<int64_t> num_waiting_{0};
   std::atomic<double> kv_usage_{0.0};
   std::thread thread_;
 };

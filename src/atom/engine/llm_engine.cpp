@@ -92,6 +92,7 @@ RequestOutput LLMEngine::finish_output(Request& r) {
   const auto out = s.output_ids();
   o.output_ids.assign(out.begin(), out.end());
   o.text = r.text->text();
+  o.stop_string = r.text->matched_stop();
   o.num_prompt_tokens = s.num_prompt_tokens;
   o.num_cached_tokens = s.num_prompt_cached_tokens;
   const auto now = std::chrono::steady_clock::now();

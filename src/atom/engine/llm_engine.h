@@ -35,6 +35,7 @@ struct RequestOutput {
   bool finished = false;
   std::string finish_reason;           // "stop" | "length" | "abort"
   std::string raw_finish_reason;       // "eos" | "stop_<id>" | "stop_sequence" | ...
+  std::string stop_string;             // with "stop_sequence": the stop string that matched
   // Filled when finished:
   std::vector<int32_t> output_ids;
   std::string text;

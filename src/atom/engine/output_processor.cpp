@@ -14,12 +14,17 @@ bool RequestText::push(int32_t id, bool check_stop) {
   if (!check_stop || params_.stop.empty() || text_.size() == old_len) return false;
   // Only the new text (plus the overlap a stop string could span) needs searching.
   size_t best = std::string::npos;
+  const std::string* match = nullptr;
   for (const std::string& s : params_.stop) {
     const size_t from = old_len >= s.size() - 1 ? old_len - (s.size() - 1) : 0;
     const size_t at = text_.find(s, from);
-    if (at != std::string::npos) best = std::min(best, at);
+    if (at != std::string::npos && at < best) {
+      best = at;
+      match = &s;
+    }
   }
   if (best == std::string::npos) return false;
+  matched_stop_ = *match;
   text_.resize(best);
   stopped_ = true;
   return true;

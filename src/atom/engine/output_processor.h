@@ -24,6 +24,8 @@ class RequestText {
   // Text not yet returned by take_delta that is safe to emit (everything once finished).
   std::string take_delta();
   const std::string& text() const { return text_; }
+  // The stop string that ended the text ("" when none did): OpenAI's stop_reason.
+  const std::string& matched_stop() const { return matched_stop_; }
 
  private:
   size_t holdback() const;  // longest suffix of text_ that is a proper prefix of a stop string
@@ -31,6 +33,7 @@ class RequestText {
   IncrementalDetokenizer detok_;
   const SamplingParams& params_;
   std::string text_;
+  std::string matched_stop_;
   size_t emitted_ = 0;
   bool stopped_ = false;
   bool finished_ = false;
