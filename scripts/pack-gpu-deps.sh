@@ -3,8 +3,19 @@
 # package registry (copy .deps along with the tree; scripts/gpu-check.sh picks it up).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec ../shared/tools/pack-deps.sh \
+../shared/tools/pack-deps.sh \
   nlohmann-json3-dev libcpp-httplib-dev libcpp-httplib0.11 libcli11-dev libfmt-dev libfmt9 \
   libspdlog-dev libspdlog1.10 libxxhash-dev libxxhash0 libpcre2-dev libpcre2-8-0 libpcre2-16-0 \
   libpcre2-32-0 libpcre2-posix3 libgtest-dev libgmock-dev googletest libcurl4-openssl-dev \
-  libcurl4
+  libcurl4 libboost1.74-dev
+# Boost's headers are ~150 MB, more than a GPU host's copy allows: keep the ones the server
+# includes (Asio, Beast and what they pull in), found by asking the compiler, and Boost's CMake
+# package files.
+inc=.deps/usr/include
+keep=$(mktemp)
+c++ -std=c++20 -M -MT x -Isrc -I"$inc" src/atom/server/http_server.cpp \
+  | tr ' \\' '\n\n' | sed -n "s|^$inc/||p" | grep '^boost/' | sort -u >"$keep"
+(cd "$inc" && find boost -type f | sort) | comm -23 - "$keep" | (cd "$inc" && xargs rm -f)
+find "$inc/boost" -type d -empty -delete
+rm -f "$keep"
+du -sh .deps
