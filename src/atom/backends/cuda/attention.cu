@@ -1,0 +1,816 @@
+// Paged attention kernels (see attention.h): a decode kernel with key splits and their merge, and a
+// flash-attention prefill kernel, both on bf16 tensor cores with f32 softmax and accumulation.
+//
+// Scores are kept in log2 units (q . k * scale * log2(e)) so the softmax uses exp2. Each warp
+// keeps, per query row, the running max m, the running sum l of exp2(s - m) and the unnormalized
+// output o = sum exp2(s - m) v; a new tile of keys rescales them by exp2(m_old - m_new). The
+// probabilities enter the P V product rounded to bf16 (the tensor cores' input); l sums them in
+// f32, as FlashAttention does.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+
+#include "atom/backends/cuda/attention.h"
+#include "atom/backends/cuda/attention_mma.cuh"
+#include "atom/backends/cuda/check.h"
+#include "atom/core/error.h"
+
+namespace atom::cuda {
+
+namespace {
+
+using attention_detail::cp_async16;
+using attention_detail::cp_async_commit;
+using attention_detail::cp_async_wait;
+using attention_detail::kKeyTile;
+using attention_detail::kThreads;
+using attention_detail::KvSource;
+using attention_detail::kWarps;
+using attention_detail::ldmatrix_x4;
+using attention_detail::ldmatrix_x4_trans;
+using attention_detail::load_kv_tile;
+using attention_detail::mma_16816;
+using attention_detail::pack_bf16x2;
+using attention_detail::smem_row;
+
+constexpr int kRowTile = 64;        // (query row, group head) pairs per prefill block, 16 a warp
+constexpr int kDecodeRows = 16;     // group heads per decode block: the rows of one mma tile
+constexpr int kMinSplitKeys = 256;  // a decode split shorter than this costs more than it saves
+constexpr int kMaxSplits = 128;
+constexpr float kLog2e = 1.4426950408889634f;
+
+extern __shared__ __align__(16) unsigned char attention_smem[];
+
+struct Params {
+  const __nv_bfloat16* q;        // [num_tokens, num_heads, head_dim]
+  __nv_bfloat16* out;            // [num_tokens, num_heads, head_dim]
+  const __nv_bfloat16* k_cache;  // [num_blocks, block_size, num_kv_heads, head_dim]
+  const __nv_bfloat16* v_cache;  // [num_blocks, block_size, num_kv_heads, head_dim]
+  const int32_t* cu_seqlens_q;   // [num_seqs + 1]
+  const int32_t* seq_lens;       // [num_seqs]
+  const int32_t* block_tables;   // [num_seqs, max_blocks_per_seq]
+  int64_t num_blocks;
+  int64_t max_blocks_per_seq;
+  int num_seqs;
+  int block_size;
+  int num_heads;
+  int num_kv_heads;
+  int group;         // query heads per kv head
+  float scale_log2;  // scale * log2(e)
+  // Decode key splits: split i covers keys [i * split_keys, (i + 1) * split_keys), the last one
+  // up to the end of the context.
+  int num_splits;
+  int split_keys;
+  float* part_out;  // [num_seqs, num_heads, num_splits, head_dim] unnormalized outputs
+  float* part_max;  // [num_seqs, num_heads, num_splits] running max (log2 units)
+  float* part_sum;  // [num_seqs, num_heads, num_splits] sum of exp2(s - max)
+};
+
+__device__ __forceinline__ KvSource kv_source(const Params& p, int seq, int kv_head, int head_dim) {
+  return KvSource{p.k_cache,
+                  p.v_cache,
+                  p.block_tables + int64_t(seq) * p.max_blocks_per_seq,
+                  p.num_blocks,
+                  p.block_size,
+                  int64_t(p.num_kv_heads) * head_dim,
+                  int64_t(kv_head) * head_dim};
+}
+
+// Max over the 4 lanes of a quad (the lanes holding one row of an mma tile).
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// One online-softmax step for the two rows (i = 0: lane / 4, i = 1: lane / 4 + 8) a thread holds
+// of a warp's 16 x (8 * kTiles) score tile s, already in log2 units with -inf for masked keys.
+// Rescales o, m, l, and turns s into the probabilities exp2(s - m). A row that has seen no
+// unmasked key yet keeps m = -inf and gets zeros (exp2 against 0, never -inf - -inf).
+template <int kTiles, int kDTiles>
+__device__ __forceinline__ void online_softmax(float (&s)[kTiles][4], float (&o)[kDTiles][4],
+                                               float (&row_max)[2], float (&row_sum)[2]) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < kTiles; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * i], s[n][2 * i + 1]));
+    const float new_max = fmaxf(row_max[i], quad_max(mx));
+    const float base = new_max == -INFINITY ? 0.0f : new_max;
+    const float alpha = exp2f(row_max[i] - base);
+    row_max[i] = new_max;
+    float sum = 0.0f;
+#pragma unroll
+    for (int n = 0; n < kTiles; ++n) {
+      s[n][2 * i] = exp2f(s[n][2 * i] - base);
+      s[n][2 * i + 1] = exp2f(s[n][2 * i + 1] - base);
+      sum += s[n][2 * i] + s[n][2 * i + 1];
+    }
+    row_sum[i] = row_sum[i] * alpha + sum;
+#pragma unroll
+    for (int d = 0; d < kDTiles; ++d) {
+      o[d][2 * i] *= alpha;
+      o[d][2 * i + 1] *= alpha;
+    }
+  }
+}
+
+// o += P V for one 16-key step: P is the probabilities of 8-key tiles `n` and `n + 1` (C layout,
+// reused as the A operand), V the 16 rows from `v_rows` ([16][smem_row], shared memory).
+template <int kHeadDim, int kTiles, int kDTiles>
+__device__ __forceinline__ void accumulate_pv(const float (&s)[kTiles][4], int n,
+                                              const __nv_bfloat16* v_rows, float (&o)[kDTiles][4]) {
+  constexpr int kRow = smem_row<kHeadDim>();
+  const int lane = threadIdx.x % 32;
+  const uint32_t a[4] = {pack_bf16x2(s[n][0], s[n][1]), pack_bf16x2(s[n][2], s[n][3]),
+                         pack_bf16x2(s[n + 1][0], s[n + 1][1]),
+                         pack_bf16x2(s[n + 1][2], s[n + 1][3])};
+  const __nv_bfloat16* base = v_rows + (lane % 8 + ((lane / 8) % 2) * 8) * kRow + (lane / 16) * 8;
+#pragma unroll
+  for (int d = 0; d < kDTiles; d += 2) {
+    uint32_t b[4];
+    ldmatrix_x4_trans(b, base + d * 8);
+    mma_16816(o[d], a, b[0], b[1]);
+    mma_16816(o[d + 1], a, b[2], b[3]);
+  }
+}
+
+// s += Q K^T for the warp's 16 query rows (fragments qf) against 16 keys from `k_rows`
+// ([16][smem_row], shared memory) into 8-key tiles n and n + 1.
+template <int kHeadDim, int kTiles>
+__device__ __forceinline__ void accumulate_qk(const uint32_t (&qf)[kHeadDim / 16][4],
+                                              const __nv_bfloat16* k_rows, int n,
+                                              float (&s)[kTiles][4]) {
+  constexpr int kRow = smem_row<kHeadDim>();
+  const int lane = threadIdx.x % 32;
+  const __nv_bfloat16* base = k_rows + ((lane / 16) * 8 + lane % 8) * kRow + ((lane / 8) % 2) * 8;
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+    uint32_t b[4];
+    ldmatrix_x4(b, base + kk * 16);
+    mma_16816(s[n], qf[kk], b[0], b[1]);
+    mma_16816(s[n + 1], qf[kk], b[2], b[3]);
+  }
+}
+
+// A fragments of 16 query rows from `q_rows` ([16][smem_row], shared memory).
+template <int kHeadDim>
+__device__ __forceinline__ void load_q_fragments(const __nv_bfloat16* q_rows,
+                                                 uint32_t (&qf)[kHeadDim / 16][4]) {
+  constexpr int kRow = smem_row<kHeadDim>();
+  const int lane = threadIdx.x % 32;
+  const __nv_bfloat16* base = q_rows + (lane % 8 + ((lane / 8) % 2) * 8) * kRow + (lane / 16) * 8;
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) ldmatrix_x4(qf[kk], base + kk * 16);
+}
+
+// --- prefill ---
+
+// First row-tile block of sequence s in the prefill grid: floor(cu_seqlens_q[s] * group /
+// kRowTile) + s. Consecutive values differ by floor(b) - floor(a) + 1 >= ceil(b - a) (in tiles),
+// so every sequence gets at least the ceil(q_len * group / kRowTile) blocks it needs, with
+// floor(num_tokens * group / kRowTile) + num_seqs blocks in all: no host-side lengths needed,
+// and a long prefill next to many decodes launches no empty blocks beyond one per sequence.
+__device__ __forceinline__ int64_t prefill_first_block(const Params& p, int seq) {
+  return int64_t(p.cu_seqlens_q[seq]) * p.group / kRowTile + seq;
+}
+
+// grid = (row-tile blocks, num_kv_heads), kThreads threads. A block takes kRowTile consecutive
+// (query row, group head) pairs of one sequence and kv head; pair f is query row f / group, head
+// kv_head * group + f % group, so the heads of a GQA group share every K/V tile. Warp w holds
+// pairs [16 w, 16 w + 16) of the tile. Shared memory: Q [kRowTile][row], K and V
+// [2 stages][kKeyTile][row] (row = smem_row<kHeadDim>() bf16 elements).
+template <int kHeadDim>
+__global__ void __launch_bounds__(kThreads) paged_prefill_kernel(const Params p) {
+  constexpr int kRow = smem_row<kHeadDim>();
+  constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
+  constexpr int kDTiles = kHeadDim / 8;  // 8-column tiles of the output
+  constexpr int kTiles = kKeyTile / 8;   // 8-key tiles of the scores
+  __nv_bfloat16* sq = reinterpret_cast<__nv_bfloat16*>(attention_smem);
+  __nv_bfloat16* sk = sq + kRowTile * kRow;
+  __nv_bfloat16* sv = sk + 2 * kKeyTile * kRow;
+
+  // This block's sequence: the number of sequences whose first block is at or before it, less
+  // one (first blocks increase with the sequence), counted by all threads in parallel.
+  __shared__ int seqs_before;
+  if (threadIdx.x == 0) seqs_before = 0;
+  __syncthreads();
+  int mine = 0;
+  for (int s = threadIdx.x; s < p.num_seqs; s += kThreads) {
+    mine += prefill_first_block(p, s) <= int64_t(blockIdx.x);
+  }
+  if (mine > 0) atomicAdd(&seqs_before, mine);
+  __syncthreads();
+  const int seq = seqs_before - 1;
+  if (seq < 0) return;  // before the first sequence's rows (cu_seqlens_q[0] > 0)
+
+  const int kv_head = blockIdx.y;
+  const int q_begin = p.cu_seqlens_q[seq];
+  const int q_len = p.cu_seqlens_q[seq + 1] - q_begin;
+  const int seq_len = p.seq_lens[seq];
+  const int group = p.group;
+  const int num_pairs = q_len * group;
+  const int seq_tiles = (num_pairs + kRowTile - 1) / kRowTile;
+  const int local = int(blockIdx.x - prefill_first_block(p, seq));
+  if (q_len <= 0 || seq_len < q_len || local >= seq_tiles) return;
+  const int tile = seq_tiles - 1 - local;  // a sequence's longest causal rows start first
+  const int pair0 = tile * kRowTile;
+  const int ctx_start = seq_len - q_len;  // position of the first new token
+  const int head0 = kv_head * group;
+
+  for (int i = threadIdx.x; i < kRowTile * kChunks; i += kThreads) {
+    const int r = i / kChunks;
+    const int c = i % kChunks;
+    const int f = pair0 + r;
+    const bool valid = f < num_pairs;
+    const __nv_bfloat16* src = p.q;
+    if (valid) {
+      src += (int64_t(q_begin + f / group) * p.num_heads + head0 + f % group) * kHeadDim + c * 8;
+    }
+    cp_async16(sq + r * kRow + c * 8, src, valid);
+  }
+  cp_async_commit();
+  const int last_pair = min(num_pairs, pair0 + kRowTile) - 1;
+  const int key_end = ctx_start + last_pair / group + 1;   // keys the last pair sees
+  const int unmasked_end = ctx_start + pair0 / group + 1;  // keys every pair sees
+  const int num_tiles = (key_end + kKeyTile - 1) / kKeyTile;
+  const KvSource kv = kv_source(p, seq, kv_head, kHeadDim);
+  load_kv_tile<kHeadDim>(kv, 0, key_end, sk, sv);
+  cp_async_commit();
+
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int quad = lane % 4;
+  // Positions of this thread's two rows; padding pairs past the end take the last pair's
+  // position, so their (discarded) results stay finite.
+  int row_pos[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int f = min(pair0 + warp * 16 + lane / 4 + 8 * i, num_pairs - 1);
+    row_pos[i] = ctx_start + f / group;
+  }
+
+  cp_async_wait<1>();  // the Q tile; K/V tile 0 may still be in flight
+  __syncthreads();
+  uint32_t qf[kHeadDim / 16][4];
+  load_q_fragments<kHeadDim>(sq + warp * 16 * kRow, qf);
+  float o[kDTiles][4];
+#pragma unroll
+  for (int d = 0; d < kDTiles; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+  float row_max[2] = {-INFINITY, -INFINITY};
+  float row_sum[2] = {0.0f, 0.0f};
+
+  for (int t = 0; t < num_tiles; ++t) {
+    const int stage = t & 1;
+    if (t + 1 < num_tiles) {
+      load_kv_tile<kHeadDim>(kv, (t + 1) * kKeyTile, key_end, sk + (stage ^ 1) * kKeyTile * kRow,
+                             sv + (stage ^ 1) * kKeyTile * kRow);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();  // tile t has landed
+    __syncthreads();
+    const __nv_bfloat16* k_tile = sk + stage * kKeyTile * kRow;
+    const __nv_bfloat16* v_tile = sv + stage * kKeyTile * kRow;
+
+    float s[kTiles][4];
+#pragma unroll
+    for (int n = 0; n < kTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+    for (int n = 0; n < kTiles; n += 2) accumulate_qk<kHeadDim>(qf, k_tile + n * 8 * kRow, n, s);
+
+    const int tile_start = t * kKeyTile;
+    const bool needs_mask = tile_start + kKeyTile > unmasked_end;
+#pragma unroll
+    for (int n = 0; n < kTiles; ++n) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        s[n][j] *= p.scale_log2;
+        if (needs_mask && tile_start + n * 8 + quad * 2 + (j & 1) > row_pos[j / 2]) {
+          s[n][j] = -INFINITY;
+        }
+      }
+    }
+    online_softmax(s, o, row_max, row_sum);
+#pragma unroll
+    for (int n = 0; n < kTiles; n += 2) {
+      accumulate_pv<kHeadDim>(s, n, v_tile + n * 8 * kRow, o);
+    }
+    __syncthreads();  // every warp is done with this stage before it is refilled
+  }
+
+  // Every row sees key 0, so l >= 1.
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int f = pair0 + warp * 16 + lane / 4 + 8 * i;
+    const float inv = 1.0f / quad_sum(row_sum[i]);
+    if (f >= num_pairs) continue;
+    __nv_bfloat16* dst =
+        p.out + (int64_t(q_begin + f / group) * p.num_heads + head0 + f % group) * kHeadDim +
+        quad * 2;
+#pragma unroll
+    for (int d = 0; d < kDTiles; ++d) {
+      *reinterpret_cast<uint32_t*>(dst + d * 8) =
+          pack_bf16x2(o[d][2 * i] * inv, o[d][2 * i + 1] * inv);
+    }
+  }
+}
+
+// --- decode ---
+// grid = (num_seqs, num_kv_heads * head passes, num_splits), kThreads threads. A block takes the
+// one query row of a sequence, up to kDecodeRows heads of a GQA group (a group larger than that
+// takes several passes) as the rows of an mma tile, and the keys of one split. Each K/V tile of
+// kKeyTile keys is shared by the 4 warps, 16 keys each, every warp with its own softmax state;
+// the block merges the four at the end. Shared memory: Q [kDecodeRows][row], K and V
+// [2 stages][kKeyTile][row]; after the loop the K/V stages hold the warps' states.
+template <int kHeadDim>
+__global__ void __launch_bounds__(kThreads) paged_decode_kernel(const Params p) {
+  constexpr int kRow = smem_row<kHeadDim>();
+  constexpr int kChunks = kHeadDim / 8;
+  constexpr int kDTiles = kHeadDim / 8;
+  __nv_bfloat16* sq = reinterpret_cast<__nv_bfloat16*>(attention_smem);
+  __nv_bfloat16* sk = sq + kDecodeRows * kRow;
+  __nv_bfloat16* sv = sk + 2 * kKeyTile * kRow;
+
+  const int seq = blockIdx.x;
+  const int passes = (p.group + kDecodeRows - 1) / kDecodeRows;
+  const int kv_head = blockIdx.y / passes;
+  const int first_head = kv_head * p.group + (blockIdx.y % passes) * kDecodeRows;
+  const int num_rows = min(kDecodeRows, (kv_head + 1) * p.group - first_head);
+  const int split = blockIdx.z;
+  const int q_begin = p.cu_seqlens_q[seq];
+  const int q_len = p.cu_seqlens_q[seq + 1] - q_begin;
+  if (q_len <= 0) return;
+  const int token = q_begin + q_len - 1;  // the decode row; it sees the whole context
+  const int seq_len = p.seq_lens[seq];
+  const int key_begin = split * p.split_keys;
+  const int key_end = split == p.num_splits - 1 ? seq_len : min(seq_len, key_begin + p.split_keys);
+  if (key_begin >= key_end) {
+    // A split past the context writes nothing (the merge counts only splits with keys); an
+    // unsplit row with an empty context, which valid input never has, gets zeros.
+    if (p.num_splits == 1) {
+      for (int i = threadIdx.x; i < num_rows * kHeadDim; i += kThreads) {
+        p.out[(int64_t(token) * p.num_heads + first_head) * kHeadDim + i] =
+            __float2bfloat16_rn(0.0f);
+      }
+    }
+    return;
+  }
+
+  for (int i = threadIdx.x; i < kDecodeRows * kChunks; i += kThreads) {
+    const int r = i / kChunks;
+    const int c = i % kChunks;
+    const bool valid = r < num_rows;
+    const __nv_bfloat16* src = p.q;
+    if (valid) src += (int64_t(token) * p.num_heads + first_head + r) * kHeadDim + c * 8;
+    cp_async16(sq + r * kRow + c * 8, src, valid);
+  }
+  cp_async_commit();
+  const int num_tiles = (key_end - key_begin + kKeyTile - 1) / kKeyTile;
+  const KvSource kv = kv_source(p, seq, kv_head, kHeadDim);
+  load_kv_tile<kHeadDim>(kv, key_begin, key_end, sk, sv);
+  cp_async_commit();
+
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int quad = lane % 4;
+  cp_async_wait<1>();  // the Q rows; K/V tile 0 may still be in flight
+  __syncthreads();
+  uint32_t qf[kHeadDim / 16][4];
+  load_q_fragments<kHeadDim>(sq, qf);
+  float o[kDTiles][4];
+#pragma unroll
+  for (int d = 0; d < kDTiles; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+  float row_max[2] = {-INFINITY, -INFINITY};
+  float row_sum[2] = {0.0f, 0.0f};
+
+  for (int t = 0; t < num_tiles; ++t) {
+    const int stage = t & 1;
+    const int tile_start = key_begin + t * kKeyTile;
+    if (t + 1 < num_tiles) {
+      load_kv_tile<kHeadDim>(kv, tile_start + kKeyTile, key_end, sk + (stage ^ 1) * kKeyTile * kRow,
+                             sv + (stage ^ 1) * kKeyTile * kRow);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();  // tile t has landed
+    __syncthreads();
+
+    float s[2][4] = {};
+    accumulate_qk<kHeadDim>(qf, sk + (stage * kKeyTile + warp * 16) * kRow, 0, s);
+    const int key0 = tile_start + warp * 16;
+#pragma unroll
+    for (int n = 0; n < 2; ++n) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        s[n][j] *= p.scale_log2;
+        if (key0 + n * 8 + quad * 2 + (j & 1) >= key_end) s[n][j] = -INFINITY;
+      }
+    }
+    online_softmax(s, o, row_max, row_sum);
+    accumulate_pv<kHeadDim>(s, 0, sv + (stage * kKeyTile + warp * 16) * kRow, o);
+    __syncthreads();  // every warp is done with this stage before it is refilled
+  }
+  cp_async_wait<0>();  // only empty groups remain, but the stages are about to be reused
+
+  // The warps' states: o [kWarps][kDecodeRows][kHeadDim], m and l [kWarps][kDecodeRows], f32.
+  float* so = reinterpret_cast<float*>(sk);
+  float* sm = so + kWarps * kDecodeRows * kHeadDim;
+  float* sl = sm + kWarps * kDecodeRows;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = warp * kDecodeRows + lane / 4 + 8 * i;
+    const float l = quad_sum(row_sum[i]);
+#pragma unroll
+    for (int d = 0; d < kDTiles; ++d) {
+      *reinterpret_cast<float2*>(so + r * kHeadDim + d * 8 + quad * 2) =
+          make_float2(o[d][2 * i], o[d][2 * i + 1]);
+    }
+    if (quad == 0) {
+      sm[r] = row_max[i];
+      sl[r] = l;
+    }
+  }
+  __syncthreads();
+
+  for (int i = threadIdx.x; i < num_rows * kHeadDim; i += kThreads) {
+    const int r = i / kHeadDim;
+    const int d = i % kHeadDim;
+    float m = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) m = fmaxf(m, sm[w * kDecodeRows + r]);
+    float acc = 0.0f;
+    float sum = 0.0f;
+    if (m != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float weight = exp2f(sm[w * kDecodeRows + r] - m);
+        sum += weight * sl[w * kDecodeRows + r];
+        acc += weight * so[(w * kDecodeRows + r) * kHeadDim + d];
+      }
+    }
+    const int head = first_head + r;
+    if (p.num_splits == 1) {
+      p.out[(int64_t(token) * p.num_heads + head) * kHeadDim + d] =
+          __float2bfloat16_rn(sum > 0.0f ? acc / sum : 0.0f);
+    } else {
+      const int64_t part = (int64_t(seq) * p.num_heads + head) * p.num_splits + split;
+      p.part_out[part * kHeadDim + d] = acc;
+      if (d == 0) {
+        p.part_max[part] = m;
+        p.part_sum[part] = sum;
+      }
+    }
+  }
+}
+
+// Merges the key splits of each (sequence, head): grid = (num_seqs, num_heads), any block size.
+// Only splits that start inside the context were written; the rest of the workspace is stale.
+template <int kHeadDim>
+__global__ void merge_splits_kernel(const Params p) {
+  const int seq = blockIdx.x;
+  const int head = blockIdx.y;
+  const int q_begin = p.cu_seqlens_q[seq];
+  const int q_len = p.cu_seqlens_q[seq + 1] - q_begin;
+  if (q_len <= 0) return;
+  const int token = q_begin + q_len - 1;
+  const int seq_len = p.seq_lens[seq];
+  const int active =
+      seq_len <= 0 ? 0 : min(p.num_splits, (seq_len + p.split_keys - 1) / p.split_keys);
+  const int64_t first = (int64_t(seq) * p.num_heads + head) * p.num_splits;
+  float m = -INFINITY;
+  for (int i = 0; i < active; ++i) m = fmaxf(m, p.part_max[first + i]);
+  float sum = 0.0f;
+  if (m != -INFINITY) {
+    for (int i = 0; i < active; ++i)
+      sum += exp2f(p.part_max[first + i] - m) * p.part_sum[first + i];
+  }
+  const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+  for (int d = threadIdx.x; d < kHeadDim; d += blockDim.x) {
+    float acc = 0.0f;
+    if (m != -INFINITY) {
+      for (int i = 0; i < active; ++i) {
+        acc += exp2f(p.part_max[first + i] - m) * p.part_out[(first + i) * kHeadDim + d];
+      }
+    }
+    p.out[(int64_t(token) * p.num_heads + head) * kHeadDim + d] = __float2bfloat16_rn(acc * inv);
+  }
+}
+
+// --- host side ---
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+int head_passes(int64_t group) { return int(ceil_div(group, kDecodeRows)); }
+
+// Keys per split and the number of non-empty splits for `requested` splits.
+struct SplitPlan {
+  int num_splits;
+  int split_keys;
+};
+
+SplitPlan plan_splits(int64_t max_seq_len, int requested) {
+  const int64_t len = std::max<int64_t>(max_seq_len, 1);
+  const int64_t keys = ceil_div(ceil_div(len, std::max(requested, 1)), kKeyTile) * kKeyTile;
+  return {int(ceil_div(len, keys)), int(keys)};
+}
+
+void check_heads(int64_t num_heads, int64_t num_kv_heads) {
+  ATOM_CHECK(num_kv_heads > 0 && num_heads > 0 && num_heads % num_kv_heads == 0, kInvalidArgument,
+             "paged_attention: {} query heads is not a multiple of {} kv heads", num_heads,
+             num_kv_heads);
+}
+
+// Checks shared by both launchers; the batch must be non-empty.
+void check_launch(const char* op, const __nv_bfloat16* q, int64_t num_heads,
+                  const PagedKvCache& cache, const PagedAttentionBatch& batch,
+                  const __nv_bfloat16* out) {
+  ATOM_CHECK(cache.head_dim == 64 || cache.head_dim == 128, kUnsupported,
+             "{}: head_dim {} is not supported on CUDA (64, 128)", op, cache.head_dim);
+  check_heads(num_heads, cache.num_kv_heads);
+  ATOM_CHECK(num_heads <= 65535 && cache.num_kv_heads <= 65535, kOutOfRange,
+             "{}: {} query heads exceed one launch", op, num_heads);
+  ATOM_CHECK(cache.k != nullptr && cache.v != nullptr && cache.num_blocks > 0 &&
+                 cache.block_size > 0 && cache.block_size <= INT_MAX,
+             kInvalidArgument, "{}: bad KV cache [{}, {}, {}, {}]", op, cache.num_blocks,
+             cache.block_size, cache.num_kv_heads, cache.head_dim);
+  ATOM_CHECK(q != nullptr && out != nullptr && batch.cu_seqlens_q != nullptr &&
+                 batch.seq_lens != nullptr && batch.block_tables != nullptr,
+             kInvalidArgument, "{}: missing q, out or batch metadata", op);
+  ATOM_CHECK(aligned16(q) && aligned16(out) && aligned16(cache.k) && aligned16(cache.v),
+             kInvalidArgument, "{}: q, out and the KV cache must be 16-byte aligned", op);
+  ATOM_CHECK(batch.num_tokens > 0 && batch.num_seqs <= INT_MAX / 2 &&
+                 batch.num_tokens * num_heads <= INT_MAX / 2 && batch.max_q_len >= 0 &&
+                 batch.max_q_len <= batch.num_tokens,
+             kInvalidArgument, "{}: {} tokens with up to {} a sequence", op, batch.num_tokens,
+             batch.max_q_len);
+  ATOM_CHECK(batch.max_seq_len >= batch.max_q_len && batch.max_seq_len <= INT_MAX / 2,
+             kInvalidArgument, "{}: longest context {} with {} query rows", op, batch.max_seq_len,
+             batch.max_q_len);
+  ATOM_CHECK(batch.max_blocks_per_seq > 0 &&
+                 batch.max_blocks_per_seq * cache.block_size >= batch.max_seq_len,
+             kOutOfRange, "{}: a block table of {} blocks of {} cannot hold {} tokens", op,
+             batch.max_blocks_per_seq, cache.block_size, batch.max_seq_len);
+}
+
+Params make_params(const __nv_bfloat16* q, int64_t num_heads, const PagedKvCache& cache,
+                   const PagedAttentionBatch& batch, float scale, __nv_bfloat16* out) {
+  Params p{};
+  p.q = q;
+  p.out = out;
+  p.k_cache = cache.k;
+  p.v_cache = cache.v;
+  p.cu_seqlens_q = batch.cu_seqlens_q;
+  p.seq_lens = batch.seq_lens;
+  p.block_tables = batch.block_tables;
+  p.num_blocks = cache.num_blocks;
+  p.max_blocks_per_seq = batch.max_blocks_per_seq;
+  p.num_seqs = int(batch.num_seqs);
+  p.block_size = int(cache.block_size);
+  p.num_heads = int(num_heads);
+  p.num_kv_heads = int(cache.num_kv_heads);
+  p.group = int(num_heads / cache.num_kv_heads);
+  p.scale_log2 = scale * kLog2e;
+  p.num_splits = 1;
+  p.split_keys = INT_MAX;
+  return p;
+}
+
+template <typename Kernel>
+void launch(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, const Params& p) {
+  if (smem > 48 * 1024) {
+    ATOM_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  }
+  kernel<<<grid, kThreads, smem, stream>>>(p);
+  ATOM_CUDA_CHECK(cudaGetLastError());
+}
+
+template <int kHeadDim>
+void launch_decode(const Params& p, int64_t num_seqs, cudaStream_t stream) {
+  constexpr size_t kSmem =
+      size_t(kDecodeRows + 4 * kKeyTile) * smem_row<kHeadDim>() * sizeof(__nv_bfloat16);
+  static_assert(kSmem >= size_t(kDecodeRows) * smem_row<kHeadDim>() * 2 +
+                             size_t(kWarps) * kDecodeRows * (kHeadDim + 2) * sizeof(float));
+  const dim3 grid(unsigned(num_seqs), unsigned(p.num_kv_heads * head_passes(p.group)),
+                  unsigned(p.num_splits));
+  launch(paged_decode_kernel<kHeadDim>, grid, kSmem, stream, p);
+  if (p.num_splits > 1) {
+    merge_splits_kernel<kHeadDim>
+        <<<dim3(unsigned(num_seqs), unsigned(p.num_heads)), kHeadDim, 0, stream>>>(p);
+    ATOM_CUDA_CHECK(cudaGetLastError());
+  }
+}
+
+template <int kHeadDim>
+void launch_prefill(const Params& p, int64_t row_blocks, cudaStream_t stream) {
+  constexpr size_t kSmem =
+      size_t(kRowTile + 4 * kKeyTile) * smem_row<kHeadDim>() * sizeof(__nv_bfloat16);
+  const dim3 grid(unsigned(row_blocks), unsigned(p.num_kv_heads));
+  launch(paged_prefill_kernel<kHeadDim>, grid, kSmem, stream, p);
+}
+
+int device_multiprocessors() {
+  int device = 0;
+  int count = 0;
+  ATOM_CUDA_CHECK(cudaGetDevice(&device));
+  ATOM_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+
+}  // namespace
+
+// --- workspace ---
+
+int paged_decode_num_splits(int64_t num_seqs, int64_t num_heads, int64_t num_kv_heads,
+                            int64_t max_seq_len) {
+  check_heads(num_heads, num_kv_heads);
+  const int64_t blocks = num_seqs * num_kv_heads * head_passes(num_heads / num_kv_heads);
+  // Two blocks per multiprocessor keep enough loads in flight to stream the cache.
+  const int64_t target = 2 * int64_t(device_multiprocessors());
+  if (blocks <= 0 || blocks >= target) return 1;
+  const int64_t by_fill = ceil_div(target, blocks);
+  const int64_t by_length = std::max<int64_t>(1, max_seq_len / kMinSplitKeys);
+  return int(std::min({by_fill, by_length, int64_t(kMaxSplits)}));
+}
+
+size_t paged_decode_workspace_bytes(int64_t num_seqs, int64_t num_heads, int64_t head_dim,
+                                    int num_splits) {
+  if (num_splits <= 1 || num_seqs <= 0) return 0;
+  return size_t(num_seqs) * size_t(num_heads) * size_t(num_splits) * size_t(head_dim + 2) *
+         sizeof(float);
+}
+
+size_t paged_attention_workspace_bytes(int64_t num_seqs, int64_t num_heads, int64_t num_kv_heads,
+                                       int64_t head_dim, int64_t max_q_len, int64_t max_seq_len) {
+  if (max_q_len > 1 || num_seqs <= 0) return 0;
+  const int requested = paged_decode_num_splits(num_seqs, num_heads, num_kv_heads, max_seq_len);
+  const SplitPlan plan = plan_splits(max_seq_len, requested);
+  return paged_decode_workspace_bytes(num_seqs, num_heads, head_dim, plan.num_splits);
+}
+
+size_t paged_attention_max_workspace_bytes(int64_t max_num_seqs, int64_t num_heads,
+                                           int64_t num_kv_heads, int64_t head_dim,
+                                           int64_t max_seq_len) {
+  // The split count grows with the context and shrinks as the batch grows, so the largest
+  // workspace can come at any batch size: take the maximum over all of them.
+  size_t most = 0;
+  for (int64_t n = 1; n <= max_num_seqs; ++n) {
+    most = std::max(most, paged_attention_workspace_bytes(n, num_heads, num_kv_heads, head_dim, 1,
+                                                          max_seq_len));
+  }
+  return most;
+}
+
+// --- launchers ---
+
+void launch_paged_attention_decode(const __nv_bfloat16* q, int64_t num_heads,
+                                   const PagedKvCache& cache, const PagedAttentionBatch& batch,
+                                   float scale, int num_splits, __nv_bfloat16* out, void* workspace,
+                                   size_t workspace_bytes, cudaStream_t stream) {
+  ATOM_CHECK(batch.num_seqs >= 0, kInvalidArgument, "paged_attention decode: {} sequences",
+             batch.num_seqs);
+  if (batch.num_seqs == 0 || batch.num_tokens == 0) return;
+  check_launch("paged_attention decode", q, num_heads, cache, batch, out);
+  ATOM_CHECK(batch.max_q_len <= 1, kInvalidArgument,
+             "paged_attention decode: sequences of up to {} query rows need the prefill kernel",
+             batch.max_q_len);
+  ATOM_CHECK(num_splits >= 1 && num_splits <= 65535, kInvalidArgument,
+             "paged_attention decode: {} key splits", num_splits);
+  ATOM_CHECK(batch.num_seqs <= INT_MAX, kOutOfRange, "paged_attention decode: {} sequences",
+             batch.num_seqs);
+  ATOM_CHECK(cache.num_kv_heads * head_passes(num_heads / cache.num_kv_heads) <= 65535, kOutOfRange,
+             "paged_attention decode: {} kv heads exceed one launch", cache.num_kv_heads);
+  Params p = make_params(q, num_heads, cache, batch, scale, out);
+  const SplitPlan plan = plan_splits(batch.max_seq_len, num_splits);
+  p.num_splits = plan.num_splits;
+  p.split_keys = plan.split_keys;
+  if (plan.num_splits > 1) {
+    const size_t need =
+        paged_decode_workspace_bytes(batch.num_seqs, num_heads, cache.head_dim, plan.num_splits);
+    ATOM_CHECK(workspace != nullptr && workspace_bytes >= need && aligned16(workspace),
+               kInvalidArgument,
+               "paged_attention decode: {} splits need a 16-byte aligned workspace of {} bytes, "
+               "got {}",
+               plan.num_splits, need, workspace == nullptr ? 0 : workspace_bytes);
+    const int64_t parts = batch.num_seqs * num_heads * plan.num_splits;
+    p.part_out = static_cast<float*>(workspace);
+    p.part_max = p.part_out + parts * cache.head_dim;
+    p.part_sum = p.part_max + parts;
+  }
+  if (cache.head_dim == 64) {
+    launch_decode<64>(p, batch.num_seqs, stream);
+  } else {
+    launch_decode<128>(p, batch.num_seqs, stream);
+  }
+}
+
+void launch_paged_attention_prefill(const __nv_bfloat16* q, int64_t num_heads,
+                                    const PagedKvCache& cache, const PagedAttentionBatch& batch,
+                                    float scale, __nv_bfloat16* out, cudaStream_t stream) {
+  ATOM_CHECK(batch.num_seqs >= 0, kInvalidArgument, "paged_attention prefill: {} sequences",
+             batch.num_seqs);
+  if (batch.num_seqs == 0 || batch.num_tokens == 0) return;
+  check_launch("paged_attention prefill", q, num_heads, cache, batch, out);
+  // prefill_first_block(num_seqs): enough row-tile blocks for any split of the tokens.
+  const int64_t row_blocks =
+      batch.num_tokens * (num_heads / cache.num_kv_heads) / kRowTile + batch.num_seqs;
+  ATOM_CHECK(row_blocks <= INT_MAX, kOutOfRange,
+             "paged_attention prefill: {} tokens in {} sequences exceed one launch",
+             batch.num_tokens, batch.num_seqs);
+  const Params p = make_params(q, num_heads, cache, batch, scale, out);
+  if (cache.head_dim == 64) {
+    launch_prefill<64>(p, row_blocks, stream);
+  } else {
+    launch_prefill<128>(p, row_blocks, stream);
+  }
+}
+
+// --- entry points ---
+
+void paged_attention(const __nv_bfloat16* q, int64_t num_heads, const PagedKvCache& cache,
+                     const PagedAttentionBatch& batch, float scale, __nv_bfloat16* out,
+                     void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  if (batch.max_q_len <= 1) {
+    const int splits = batch.num_seqs > 0
+                           ? paged_decode_num_splits(batch.num_seqs, num_heads, cache.num_kv_heads,
+                                                     batch.max_seq_len)
+                           : 1;
+    launch_paged_attention_decode(q, num_heads, cache, batch, scale, splits, out, workspace,
+                                  workspace_bytes, stream);
+  } else {
+    launch_paged_attention_prefill(q, num_heads, cache, batch, scale, out, stream);
+  }
+}
+
+void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                     const Tensor& cu_seqlens_q, const Tensor& seq_lens, const Tensor& block_tables,
+                     int64_t max_q_len, int64_t max_seq_len, float scale, const Tensor& out,
+                     const Tensor& workspace, cudaStream_t stream) {
+  constexpr const char* kOp = "paged_attention";
+  ATOM_CHECK(q.ndim() == 3 && k_cache.ndim() == 4 && v_cache.ndim() == 4, kInvalidArgument,
+             "{}: q {} must be [tokens, heads, head_dim] and the caches {} {} "
+             "[blocks, block_size, kv_heads, head_dim]",
+             kOp, q.shape_str(), k_cache.shape_str(), v_cache.shape_str());
+  ATOM_CHECK(out.ndim() == 3 && out.size(0) == q.size(0) && out.size(1) == q.size(1) &&
+                 out.size(2) == q.size(2),
+             kInvalidArgument, "{}: out {} does not match q {}", kOp, out.shape_str(),
+             q.shape_str());
+  for (int d = 0; d < 4; ++d) {
+    ATOM_CHECK(k_cache.size(d) == v_cache.size(d), kInvalidArgument,
+               "{}: k cache {} and v cache {} differ", kOp, k_cache.shape_str(),
+               v_cache.shape_str());
+  }
+  ATOM_CHECK(k_cache.size(3) == q.size(2), kInvalidArgument,
+             "{}: q head_dim {} but the cache has {}", kOp, q.size(2), k_cache.size(3));
+  for (const Tensor* t : {&q, &k_cache, &v_cache, &out}) {
+    ATOM_CHECK(t->dtype() == DType::kBF16, kUnsupported, "{}: dtype {} is not supported (bf16)",
+               kOp, dtype_name(t->dtype()));
+  }
+  const int64_t num_seqs = seq_lens.ndim() == 1 ? seq_lens.size(0) : -1;
+  ATOM_CHECK(num_seqs >= 0 && cu_seqlens_q.ndim() == 1 && cu_seqlens_q.size(0) == num_seqs + 1 &&
+                 block_tables.ndim() == 2 && block_tables.size(0) == num_seqs,
+             kInvalidArgument,
+             "{}: cu_seqlens_q {}, seq_lens {} and block_tables {} do not describe one batch", kOp,
+             cu_seqlens_q.shape_str(), seq_lens.shape_str(), block_tables.shape_str());
+  for (const Tensor* t : {&cu_seqlens_q, &seq_lens, &block_tables}) {
+    ATOM_CHECK(t->dtype() == DType::kI32, kInvalidArgument, "{}: metadata must be i32, got {}", kOp,
+               dtype_name(t->dtype()));
+  }
+  for (const Tensor* t : {&q, &k_cache, &v_cache, &out, &cu_seqlens_q, &seq_lens, &block_tables}) {
+    ATOM_CHECK(t->device() == Device::kCuda, kInvalidArgument, "{}: tensors must be on the GPU",
+               kOp);
+    ATOM_CHECK(t->is_contiguous(), kInvalidArgument, "{}: tensors must be contiguous", kOp);
+  }
+  ATOM_CHECK(!workspace.defined() || workspace.device() == Device::kCuda, kInvalidArgument,
+             "{}: the workspace must be on the GPU", kOp);
+
+  const PagedKvCache cache{k_cache.data_as<const __nv_bfloat16>(),
+                           v_cache.data_as<const __nv_bfloat16>(),
+                           k_cache.size(0),
+                           k_cache.size(1),
+                           k_cache.size(2),
+                           k_cache.size(3)};
+  PagedAttentionBatch batch;
+  batch.cu_seqlens_q = cu_seqlens_q.data_as<const int32_t>();
+  batch.seq_lens = seq_lens.data_as<const int32_t>();
+  batch.block_tables = block_tables.data_as<const int32_t>();
+  batch.num_seqs = num_seqs;
+  batch.num_tokens = q.size(0);
+  batch.max_blocks_per_seq = block_tables.size(1);
+  batch.max_q_len = max_q_len;
+  batch.max_seq_len = max_seq_len;
+  paged_attention(q.data_as<const __nv_bfloat16>(), q.size(1), cache, batch, scale,
+                  out.data_as<__nv_bfloat16>(), workspace.defined() ? workspace.data() : nullptr,
+                  workspace.defined() ? workspace.nbytes() : 0, stream);
+}
+
+}  // namespace atom::cuda

@@ -1,0 +1,716 @@
+// CUDA paged attention (bf16) against the CPU op and a contiguous reference, over awkward sizes:
+// context lengths 1, 17, 54, 97, 1000+ and 4096; batches of 1 to 300 sequences; block sizes 1, 16
+// and 32; head dims 64 and 128; GQA ratios 1, 4, 7, 8 and 20; decode, prefill with and without a
+// cached prefix, and mixed batches; the decode kernel with one key split and with many.
+//
+// Each case keeps every sequence's K and V contiguous on the host and scatters them into a paged
+// cache through shuffled physical blocks. Everything the kernels must not read is poisoned: the
+// slots past each context in its last block and spare blocks hold V = 64 and K = +-8, and unused
+// block-table entries point at those spare blocks or outside the cache. Output rows start as NaN.
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <iostream>
+#include <numeric>
+#include <ostream>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "atom/backends/cpu/ops.h"
+#include "atom/backends/cuda/attention.h"
+#include "atom/backends/cuda/check.h"
+#include "atom/core/dtype.h"
+#include "atom/core/error.h"
+#include "atom/core/tensor.h"
+
+namespace atom::cuda {
+namespace {
+
+bool gpu_visible() {
+  int devices = 0;
+  return cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0;
+}
+
+// A device buffer of T, freed on scope exit.
+template <typename T>
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t n) : n_(n) {
+    ATOM_CUDA_CHECK(
+        cudaMalloc(reinterpret_cast<void**>(&ptr_), std::max<size_t>(n, 1) * sizeof(T)));
+  }
+  explicit DeviceBuffer(const std::vector<T>& h) : DeviceBuffer(h.size()) { upload(h); }
+  ~DeviceBuffer() { cudaFree(ptr_); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  T* get() const { return ptr_; }
+  size_t bytes() const { return n_ * sizeof(T); }
+  void upload(const std::vector<T>& h) {
+    ATOM_ASSERT(h.size() == n_);
+    ATOM_CUDA_CHECK(cudaMemcpy(ptr_, h.data(), bytes(), cudaMemcpyHostToDevice));
+  }
+  std::vector<T> download() const {
+    std::vector<T> h(n_);
+    ATOM_CUDA_CHECK(cudaMemcpy(h.data(), ptr_, bytes(), cudaMemcpyDeviceToHost));
+    return h;
+  }
+  // Every byte set to `byte` (0xff makes f32 and bf16 NaN): stale contents a kernel must not read.
+  void fill_bytes(int byte) { ATOM_CUDA_CHECK(cudaMemset(ptr_, byte, bytes())); }
+
+ private:
+  T* ptr_ = nullptr;
+  size_t n_;
+};
+
+const __nv_bfloat16* as_bf16(const DeviceBuffer<uint16_t>& d) {
+  return reinterpret_cast<const __nv_bfloat16*>(d.get());
+}
+__nv_bfloat16* as_bf16_mut(const DeviceBuffer<uint16_t>& d) {
+  return reinterpret_cast<__nv_bfloat16*>(d.get());
+}
+
+float round_bf16(float x) { return bf16_to_f32(f32_to_bf16(x)); }
+
+struct SeqSpec {
+  int q_len;    // new query rows
+  int seq_len;  // context: cached prefix + the new rows
+};
+
+struct AttnCase {
+  std::string name;
+  int head_dim;
+  int num_kv_heads;
+  int group;  // query heads per kv head
+  int block_size;
+  std::vector<SeqSpec> seqs;
+  float scale = 0.0f;  // 0: 1 / sqrt(head_dim)
+  uint32_t seed = 1;
+};
+
+void PrintTo(const AttnCase& c, std::ostream* os) { *os << c.name; }
+
+constexpr float kPoisonV = 64.0f;
+constexpr float kPoisonK = 8.0f;
+constexpr int kSpareBlocks = 3;
+
+// A batch on the host: q and the paged cache as bf16 bits, the same values as f32 for the CPU op,
+// and each sequence's K/V contiguous for the reference.
+struct Problem {
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t block_size = 0;
+  int64_t num_blocks = 0;
+  int64_t max_blocks = 0;
+  int64_t num_tokens = 0;
+  int64_t max_q_len = 0;
+  int64_t max_seq_len = 0;
+  float scale = 0.0f;
+  std::vector<SeqSpec> seqs;
+  std::vector<int32_t> cu_seqlens;        // [num_seqs + 1]
+  std::vector<int32_t> seq_lens;          // [num_seqs]
+  std::vector<int32_t> block_tables;      // [num_seqs, max_blocks]
+  std::vector<float> q;                   // [num_tokens, num_heads, head_dim], bf16 values
+  std::vector<float> k_cache;             // [num_blocks, block_size, num_kv_heads, head_dim]
+  std::vector<float> v_cache;             // [num_blocks, block_size, num_kv_heads, head_dim]
+  std::vector<std::vector<float>> k_seq;  // per sequence [seq_len, num_kv_heads, head_dim]
+  std::vector<std::vector<float>> v_seq;  // per sequence [seq_len, num_kv_heads, head_dim]
+
+  int64_t num_seqs() const { return int64_t(seqs.size()); }
+};
+
+Problem make_problem(const AttnCase& c) {
+  Problem pb;
+  std::mt19937 rng(c.seed);
+  std::uniform_real_distribution<float> unit(-1.0f, 1.0f);
+  pb.num_kv_heads = c.num_kv_heads;
+  pb.num_heads = int64_t(c.num_kv_heads) * c.group;
+  pb.head_dim = c.head_dim;
+  pb.block_size = c.block_size;
+  pb.scale = c.scale != 0.0f ? c.scale : 1.0f / std::sqrt(float(c.head_dim));
+  pb.seqs = c.seqs;
+  const int64_t row = pb.num_kv_heads * pb.head_dim;  // one slot's K (or V)
+
+  pb.cu_seqlens.push_back(0);
+  int64_t used_blocks = 0;
+  for (const SeqSpec& s : c.seqs) {
+    pb.cu_seqlens.push_back(pb.cu_seqlens.back() + s.q_len);
+    pb.seq_lens.push_back(s.seq_len);
+    pb.max_q_len = std::max<int64_t>(pb.max_q_len, s.q_len);
+    pb.max_seq_len = std::max<int64_t>(pb.max_seq_len, s.seq_len);
+    const int64_t blocks = (s.seq_len + c.block_size - 1) / c.block_size;
+    used_blocks += blocks;
+    pb.max_blocks = std::max(pb.max_blocks, blocks);
+  }
+  pb.num_tokens = pb.cu_seqlens.back();
+  pb.max_blocks += 2;  // spare table entries per sequence, filled with junk
+  pb.num_blocks = used_blocks + kSpareBlocks;
+
+  // Physical blocks in shuffled order; the last kSpareBlocks of the permutation stay unused.
+  std::vector<int32_t> physical(static_cast<size_t>(pb.num_blocks));
+  std::iota(physical.begin(), physical.end(), 0);
+  std::shuffle(physical.begin(), physical.end(), rng);
+  const std::vector<int32_t> spare(physical.end() - kSpareBlocks, physical.end());
+
+  // Poison everywhere first: spare blocks and the tails of last blocks keep it.
+  const size_t cache_elems = size_t(pb.num_blocks * pb.block_size * row);
+  pb.k_cache.resize(cache_elems);
+  pb.v_cache.assign(cache_elems, kPoisonV);
+  for (float& k : pb.k_cache) k = (rng() & 1) ? kPoisonK : -kPoisonK;
+
+  pb.block_tables.resize(size_t(pb.num_seqs() * pb.max_blocks));
+  size_t next = 0;
+  for (int64_t s = 0; s < pb.num_seqs(); ++s) {
+    const int64_t seq_len = c.seqs[size_t(s)].seq_len;
+    const int64_t blocks = (seq_len + c.block_size - 1) / c.block_size;
+    int32_t* table = pb.block_tables.data() + s * pb.max_blocks;
+    for (int64_t b = 0; b < pb.max_blocks; ++b) {
+      if (b < blocks) {
+        table[b] = physical[next++];
+      } else {
+        // Junk the kernels must not follow: poisoned blocks, and ids outside the cache.
+        const int32_t junk[] = {spare[size_t(b) % spare.size()], int32_t(pb.num_blocks + 5), -3,
+                                INT32_MAX};
+        table[b] = junk[size_t(b + s) % 4];
+      }
+    }
+    std::vector<float> ks(size_t(seq_len * row)), vs(size_t(seq_len * row));
+    for (float& x : ks) x = round_bf16(unit(rng));
+    for (float& x : vs) x = round_bf16(unit(rng));
+    for (int64_t pos = 0; pos < seq_len; ++pos) {
+      const int64_t slot = int64_t(table[pos / c.block_size]) * c.block_size + pos % c.block_size;
+      std::copy_n(ks.begin() + pos * row, row, pb.k_cache.begin() + slot * row);
+      std::copy_n(vs.begin() + pos * row, row, pb.v_cache.begin() + slot * row);
+    }
+    pb.k_seq.push_back(std::move(ks));
+    pb.v_seq.push_back(std::move(vs));
+  }
+
+  // q in [-3, 3]: with k in [-1, 1] and scale 1/sqrt(head_dim) the scores have a standard
+  // deviation of about 1, so the softmax is neither flat nor one-hot.
+  pb.q.resize(size_t(pb.num_tokens * pb.num_heads * pb.head_dim));
+  for (float& x : pb.q) x = round_bf16(3.0f * unit(rng));
+  return pb;
+}
+
+std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
+  std::vector<uint16_t> b(v.size());
+  for (size_t i = 0; i < v.size(); ++i) b[i] = f32_to_bf16(v[i]);
+  return b;
+}
+
+// The CPU op on the same (bf16-valued) inputs.   [num_tokens, num_heads, head_dim]
+std::vector<float> cpu_reference(const Problem& pb) {
+  std::vector<float> out(pb.q.size(), 0.0f);
+  cpu::KvCacheView cache;
+  cache.k = const_cast<float*>(pb.k_cache.data());
+  cache.v = const_cast<float*>(pb.v_cache.data());
+  cache.num_blocks = pb.num_blocks;
+  cache.block_size = pb.block_size;
+  cache.num_kv_heads = pb.num_kv_heads;
+  cache.head_dim = pb.head_dim;
+  cpu::AttentionBatch batch;
+  batch.cu_seqlens_q = pb.cu_seqlens.data();
+  batch.seq_lens = pb.seq_lens.data();
+  batch.block_tables = pb.block_tables.data();
+  batch.num_seqs = pb.num_seqs();
+  batch.max_blocks_per_seq = pb.max_blocks;
+  cpu::paged_attention(pb.q.data(), pb.num_heads, cache, batch, pb.scale, out.data());
+  return out;
+}
+
+// Plain causal attention in double over each sequence's contiguous K/V (no paging).
+std::vector<float> contiguous_reference(const Problem& pb) {
+  const int64_t hd = pb.head_dim;
+  const int64_t group = pb.num_heads / pb.num_kv_heads;
+  std::vector<float> out(pb.q.size(), 0.0f);
+  std::vector<double> w;
+  for (int64_t s = 0; s < pb.num_seqs(); ++s) {
+    const int64_t q_len = pb.seqs[size_t(s)].q_len;
+    const int64_t seq_len = pb.seqs[size_t(s)].seq_len;
+    const std::vector<float>& ks = pb.k_seq[size_t(s)];
+    const std::vector<float>& vs = pb.v_seq[size_t(s)];
+    for (int64_t j = 0; j < q_len; ++j) {
+      const int64_t token = pb.cu_seqlens[size_t(s)] + j;
+      const int64_t visible = seq_len - q_len + j + 1;
+      for (int64_t h = 0; h < pb.num_heads; ++h) {
+        const int64_t kvh = h / group;
+        const float* q = pb.q.data() + (token * pb.num_heads + h) * hd;
+        w.assign(size_t(visible), 0.0);
+        double mx = -INFINITY;
+        for (int64_t p = 0; p < visible; ++p) {
+          const float* k = ks.data() + (p * pb.num_kv_heads + kvh) * hd;
+          double dot = 0.0;
+          for (int64_t d = 0; d < hd; ++d) dot += double(q[d]) * k[d];
+          w[size_t(p)] = dot * pb.scale;
+          mx = std::max(mx, w[size_t(p)]);
+        }
+        double sum = 0.0;
+        for (double& x : w) sum += (x = std::exp(x - mx));
+        float* o = out.data() + (token * pb.num_heads + h) * hd;
+        for (int64_t d = 0; d < hd; ++d) {
+          double acc = 0.0;
+          for (int64_t p = 0; p < visible; ++p) {
+            acc += w[size_t(p)] * vs[size_t((p * pb.num_kv_heads + kvh) * hd + d)];
+          }
+          o[d] = float(acc / sum);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+// Tolerance of the bf16 kernels against an f32/f64 reference on the same bf16 inputs. The
+// kernels differ from the reference in two roundings: the softmax weights enter the P V product
+// as bf16 (relative error <= 2^-9 each, so at most 2^-9 * max|v| = 2e-3 on an output, as
+// |v| <= 1), and the output is rounded to bf16 (<= 2^-9 relative). Scores, exponentials and sums
+// are f32 on both sides (differences ~1e-6). Hence |got - want| <= 3e-3 + 1e-2 |want|, with
+// margin over the 2e-3 + 2e-3 |want| bound. A poisoned key or value (V = 64) read by mistake
+// moves an output by far more.
+constexpr double kAbsTol = 3e-3;
+constexpr double kRelTol = 1e-2;
+
+// Fails with the worst element when `got` (bf16 bits) strays from `want` beyond the tolerance.
+void expect_close(const std::vector<uint16_t>& got, const std::vector<float>& want,
+                  const Problem& pb, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  double worst = -INFINITY;  // largest excess over the tolerance; NaN counts as infinite
+  size_t worst_i = 0;
+  size_t bad = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::fabs(double(bf16_to_f32(got[i])) - want[i]);
+    double excess = err - (kAbsTol + kRelTol * std::fabs(want[i]));
+    if (std::isnan(excess)) excess = INFINITY;
+    if (excess > 0.0) ++bad;
+    if (excess > worst) {
+      worst = excess;
+      worst_i = i;
+    }
+  }
+  const int64_t hd = pb.head_dim;
+  const int64_t token = int64_t(worst_i) / (pb.num_heads * hd);
+  const int64_t head = int64_t(worst_i) / hd % pb.num_heads;
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << got.size()
+                     << " elements out of tolerance; worst at token " << token << " head " << head
+                     << " dim " << worst_i % size_t(hd) << ": got " << bf16_to_f32(got[worst_i])
+                     << " want " << want[worst_i];
+}
+
+// Largest |got - want| over the batch and its largest share of the tolerance, for the log.
+std::pair<double, double> max_error(const std::vector<uint16_t>& got,
+                                    const std::vector<float>& want) {
+  double worst = 0.0;
+  double share = 0.0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::fabs(double(bf16_to_f32(got[i])) - want[i]);
+    worst = std::max(worst, err);
+    share = std::max(share, err / (kAbsTol + kRelTol * std::fabs(want[i])));
+  }
+  return {worst, share};
+}
+
+// The problem on the GPU.
+struct DeviceProblem {
+  explicit DeviceProblem(const Problem& pb)
+      : q(to_bf16(pb.q)),
+        k_cache(to_bf16(pb.k_cache)),
+        v_cache(to_bf16(pb.v_cache)),
+        cu_seqlens(pb.cu_seqlens),
+        seq_lens(pb.seq_lens),
+        block_tables(pb.block_tables),
+        out(pb.q.size()) {
+    cache.k = as_bf16(k_cache);
+    cache.v = as_bf16(v_cache);
+    cache.num_blocks = pb.num_blocks;
+    cache.block_size = pb.block_size;
+    cache.num_kv_heads = pb.num_kv_heads;
+    cache.head_dim = pb.head_dim;
+    batch.cu_seqlens_q = cu_seqlens.get();
+    batch.seq_lens = seq_lens.get();
+    batch.block_tables = block_tables.get();
+    batch.num_seqs = pb.num_seqs();
+    batch.num_tokens = pb.num_tokens;
+    batch.max_blocks_per_seq = pb.max_blocks;
+    batch.max_q_len = pb.max_q_len;
+    batch.max_seq_len = pb.max_seq_len;
+  }
+
+  DeviceBuffer<uint16_t> q, k_cache, v_cache;
+  DeviceBuffer<int32_t> cu_seqlens, seq_lens, block_tables;
+  DeviceBuffer<uint16_t> out;
+  PagedKvCache cache;
+  PagedAttentionBatch batch;
+};
+
+enum class Path { kDispatch, kDecodeOneSplit, kDecodeManySplits, kPrefill };
+
+const char* path_name(Path path) {
+  switch (path) {
+    case Path::kDispatch:
+      return "paged_attention";
+    case Path::kDecodeOneSplit:
+      return "decode, 1 split";
+    case Path::kDecodeManySplits:
+      return "decode, many splits";
+    case Path::kPrefill:
+      return "prefill kernel";
+  }
+  return "?";
+}
+
+// Runs one path with a NaN-filled output (and, when split, a NaN-filled workspace) and returns
+// the output bits.
+std::vector<uint16_t> run_path(const Problem& pb, DeviceProblem& dp, Path path) {
+  dp.out.fill_bytes(0xff);
+  switch (path) {
+    case Path::kDispatch: {
+      const size_t bytes = paged_attention_workspace_bytes(
+          pb.num_seqs(), pb.num_heads, pb.num_kv_heads, pb.head_dim, pb.max_q_len, pb.max_seq_len);
+      DeviceBuffer<uint8_t> workspace(bytes);
+      workspace.fill_bytes(0xff);
+      paged_attention(as_bf16(dp.q), pb.num_heads, dp.cache, dp.batch, pb.scale,
+                      as_bf16_mut(dp.out), bytes ? workspace.get() : nullptr, bytes, nullptr);
+      ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+      break;
+    }
+    case Path::kDecodeOneSplit:
+      launch_paged_attention_decode(as_bf16(dp.q), pb.num_heads, dp.cache, dp.batch, pb.scale, 1,
+                                    as_bf16_mut(dp.out), nullptr, 0, nullptr);
+      ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+      break;
+    case Path::kDecodeManySplits: {
+      // An odd split count, so the chunks do not line up with the sequence lengths.
+      const int splits = 7;
+      const size_t bytes =
+          paged_decode_workspace_bytes(pb.num_seqs(), pb.num_heads, pb.head_dim, splits);
+      DeviceBuffer<uint8_t> workspace(bytes);
+      workspace.fill_bytes(0xff);
+      launch_paged_attention_decode(as_bf16(dp.q), pb.num_heads, dp.cache, dp.batch, pb.scale,
+                                    splits, as_bf16_mut(dp.out), workspace.get(), bytes, nullptr);
+      ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+      break;
+    }
+    case Path::kPrefill:
+      launch_paged_attention_prefill(as_bf16(dp.q), pb.num_heads, dp.cache, dp.batch, pb.scale,
+                                     as_bf16_mut(dp.out), nullptr);
+      ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+      break;
+  }
+  return dp.out.download();
+}
+
+class CudaPagedAttentionTest : public ::testing::TestWithParam<AttnCase> {
+ protected:
+  void SetUp() override {
+    if (!gpu_visible()) GTEST_SKIP() << "no CUDA device visible";
+  }
+};
+
+TEST_P(CudaPagedAttentionTest, MatchesCpuOpAndContiguousReference) {
+  const AttnCase& c = GetParam();
+  const Problem pb = make_problem(c);
+  const std::vector<float> want_cpu = cpu_reference(pb);
+  const std::vector<float> want_ref = contiguous_reference(pb);
+  // The two references agree to f32 rounding: the test's paging and the CPU op are consistent.
+  for (size_t i = 0; i < want_cpu.size(); ++i) {
+    ASSERT_NEAR(want_cpu[i], want_ref[i], 1e-4) << "CPU op vs contiguous reference at " << i;
+  }
+
+  DeviceProblem dp(pb);
+  std::vector<Path> paths = {Path::kDispatch, Path::kPrefill};
+  if (pb.max_q_len <= 1) {
+    paths.push_back(Path::kDecodeOneSplit);
+    paths.push_back(Path::kDecodeManySplits);
+  }
+  std::vector<uint16_t> first;
+  for (const Path path : paths) {
+    const std::vector<uint16_t> got = run_path(pb, dp, path);
+    const std::string what = c.name + " " + path_name(path);
+    expect_close(got, want_cpu, pb, what + " vs CPU op");
+    expect_close(got, want_ref, pb, what + " vs contiguous reference");
+    const auto [worst, share] = max_error(got, want_ref);
+    std::cout << "[          ] " << what << ": max |error| " << worst << ", " << int(100 * share)
+              << "% of the tolerance\n";
+    // The same path twice gives the same bits (no races, nothing stale read).
+    if (path == Path::kDispatch) first = got;
+  }
+  EXPECT_EQ(run_path(pb, dp, Path::kDispatch), first) << "paged_attention is not deterministic";
+}
+
+// Context lengths cycling through the awkward ones.
+std::vector<SeqSpec> decode_batch(int n, uint32_t salt) {
+  const int lens[] = {1, 17, 54, 97, 1031, 4096, 2, 300};
+  std::vector<SeqSpec> seqs;
+  for (int i = 0; i < n; ++i) seqs.push_back({1, lens[(size_t(i) + salt) % 8]});
+  return seqs;
+}
+
+std::vector<AttnCase> make_cases() {
+  std::vector<AttnCase> cases;
+  // --- decode: one query row per sequence ---
+  cases.push_back({"decode_b1_len1", 128, 1, 1, 16, {{1, 1}}});
+  cases.push_back({"decode_b1_len4096_gqa4", 128, 2, 4, 16, {{1, 4096}}});
+  cases.push_back({"decode_b1_len1031_hd64_gqa8", 64, 1, 8, 32, {{1, 1031}}});
+  cases.push_back({"decode_b7_hd64_gqa8_bs32", 64, 2, 8, 32, decode_batch(7, 0)});
+  cases.push_back({"decode_b7_hd128_gqa1_bs16", 128, 4, 1, 16, decode_batch(7, 3)});
+  cases.push_back({"decode_b64_hd128_gqa4_bs16", 128, 2, 4, 16, decode_batch(64, 1)});
+  cases.push_back({"decode_b64_hd64_gqa1_bs32", 64, 2, 1, 32, decode_batch(64, 5)});
+  cases.push_back({"decode_b300_hd128_gqa8_bs32", 128, 1, 8, 32, decode_batch(300, 2)});
+  cases.push_back({"decode_b300_hd64_gqa4_bs16", 64, 1, 4, 16, decode_batch(300, 6)});
+  // A group larger than one mma tile (two head passes) and one that is not a power of two.
+  cases.push_back({"decode_gqa20_hd64", 64, 2, 20, 16, {{1, 54}, {1, 1031}, {1, 3000}}});
+  cases.push_back({"decode_gqa7_hd128", 128, 1, 7, 32, {{1, 97}, {1, 4096}}});
+  // scale 1: scores spread over tens of units, so one key dominates each row.
+  cases.push_back({"decode_sharp_softmax", 128, 2, 8, 16, decode_batch(7, 4), 1.0f});
+
+  // --- prefill: q_len rows per sequence, with and without a cached prefix ---
+  cases.push_back({"prefill_q1_noprefix", 128, 1, 1, 16, {{1, 1}}});
+  cases.push_back({"prefill_17_54_97_hd64_gqa4", 64, 2, 4, 16, {{17, 17}, {54, 54}, {97, 97}}});
+  cases.push_back(
+      {"prefill_17_54_97_hd128_gqa1_bs32", 128, 3, 1, 32, {{17, 17}, {54, 54}, {97, 97}}});
+  cases.push_back({"prefill_prefix_hd128_gqa8_bs32",
+                   128,
+                   2,
+                   8,
+                   32,
+                   {{17, 50}, {54, 254}, {97, 597}, {1, 300}}});
+  cases.push_back(
+      {"prefill_prefix_hd64_gqa1_bs16", 64, 2, 1, 16, {{1, 17}, {17, 4096}, {54, 55}, {97, 1000}}});
+  cases.push_back({"prefill_1031_hd128_gqa4_bs16", 128, 1, 4, 16, {{1031, 1031}}});
+  cases.push_back({"prefill_1000_prefix777_hd64_gqa8_bs32", 64, 1, 8, 32, {{1000, 1777}}});
+  cases.push_back({"prefill_gqa7_hd128", 128, 1, 7, 16, {{97, 97}, {33, 200}}});
+  cases.push_back({"prefill_gqa20_hd64", 64, 1, 20, 32, {{54, 54}, {17, 1031}}});
+  cases.push_back({"prefill_sharp_softmax", 128, 1, 4, 16, {{97, 97}, {54, 1031}}, 1.0f});
+
+  // --- mixed batches: decode rows and prefill rows together ---
+  cases.push_back({"mixed_hd128_gqa4_bs16",
+                   128,
+                   2,
+                   4,
+                   16,
+                   {{1, 1000}, {17, 17}, {1, 54}, {97, 300}, {1, 1}, {54, 4096}}});
+  cases.push_back({"mixed_hd64_gqa1_bs32",
+                   64,
+                   4,
+                   1,
+                   32,
+                   {{54, 54}, {1, 97}, {0, 20}, {1, 1031}, {17, 100}, {1, 17}}});
+  // One token per block: every key's block comes from the table.
+  cases.push_back({"mixed_bs1_hd64_gqa4", 64, 1, 4, 1, {{1, 97}, {17, 60}, {54, 54}}});
+  cases.push_back({"decode_bs1_hd128_gqa8", 128, 1, 8, 1, {{1, 17}, {1, 1031}}});
+  {
+    // 300 sequences: 290 decodes and 10 prefills.
+    std::vector<SeqSpec> seqs = decode_batch(290, 7);
+    for (int i = 0; i < 10; ++i) seqs.insert(seqs.begin() + 29 * i, {17 + 8 * i, 17 + 40 * i});
+    cases.push_back({"mixed_b300_hd128_gqa8_bs16", 128, 1, 8, 16, seqs});
+  }
+  uint32_t seed = 1;
+  for (AttnCase& c : cases) c.seed = seed++;
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, CudaPagedAttentionTest, ::testing::ValuesIn(make_cases()),
+                         [](const auto& info) { return info.param.name; });
+
+// --- single-purpose tests ---
+
+class CudaPagedAttention : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!gpu_visible()) GTEST_SKIP() << "no CUDA device visible";
+  }
+};
+
+// The Tensor entry point checks its arguments and gives the raw dispatcher's bits.
+TEST_F(CudaPagedAttention, TensorEntryPointMatchesDispatcher) {
+  const AttnCase c{"tensor", 128, 2, 4, 16, {{1, 1000}, {17, 60}, {1, 5}}, 0.0f, 99};
+  const Problem pb = make_problem(c);
+  DeviceProblem dp(pb);
+  const std::vector<uint16_t> want = run_path(pb, dp, Path::kDispatch);
+
+  const Tensor q(dp.q.get(), DType::kBF16, {pb.num_tokens, pb.num_heads, pb.head_dim},
+                 Device::kCuda);
+  const Tensor k(dp.k_cache.get(), DType::kBF16,
+                 {pb.num_blocks, pb.block_size, pb.num_kv_heads, pb.head_dim}, Device::kCuda);
+  const Tensor v(dp.v_cache.get(), DType::kBF16,
+                 {pb.num_blocks, pb.block_size, pb.num_kv_heads, pb.head_dim}, Device::kCuda);
+  const Tensor cu(dp.cu_seqlens.get(), DType::kI32, {pb.num_seqs() + 1}, Device::kCuda);
+  const Tensor lens(dp.seq_lens.get(), DType::kI32, {pb.num_seqs()}, Device::kCuda);
+  const Tensor tables(dp.block_tables.get(), DType::kI32, {pb.num_seqs(), pb.max_blocks},
+                      Device::kCuda);
+  const Tensor out(dp.out.get(), DType::kBF16, {pb.num_tokens, pb.num_heads, pb.head_dim},
+                   Device::kCuda);
+  dp.out.fill_bytes(0xff);
+  paged_attention(q, k, v, cu, lens, tables, pb.max_q_len, pb.max_seq_len, pb.scale, out, Tensor(),
+                  nullptr);
+  ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+  EXPECT_EQ(dp.out.download(), want);
+
+  // Decode rows alone, through the Tensor entry point with a workspace when it splits.
+  const AttnCase d{"tensor_decode", 128, 1, 8, 32, {{1, 4096}}, 0.0f, 98};
+  const Problem pd = make_problem(d);
+  DeviceProblem dd(pd);
+  const std::vector<uint16_t> want_d = run_path(pd, dd, Path::kDispatch);
+  const size_t ws_bytes = paged_attention_workspace_bytes(
+      pd.num_seqs(), pd.num_heads, pd.num_kv_heads, pd.head_dim, 1, pd.max_seq_len);
+  EXPECT_GT(ws_bytes, 0u) << "one long decode should be split";
+  DeviceBuffer<uint8_t> ws(ws_bytes);
+  dd.out.fill_bytes(0xff);
+  const Tensor shape_q(dd.q.get(), DType::kBF16, {pd.num_tokens, pd.num_heads, pd.head_dim},
+                       Device::kCuda);
+  const Tensor shape_cache_k(dd.k_cache.get(), DType::kBF16,
+                             {pd.num_blocks, pd.block_size, pd.num_kv_heads, pd.head_dim},
+                             Device::kCuda);
+  const Tensor shape_cache_v(dd.v_cache.get(), DType::kBF16,
+                             {pd.num_blocks, pd.block_size, pd.num_kv_heads, pd.head_dim},
+                             Device::kCuda);
+  paged_attention(
+      shape_q, shape_cache_k, shape_cache_v,
+      Tensor(dd.cu_seqlens.get(), DType::kI32, {2}, Device::kCuda),
+      Tensor(dd.seq_lens.get(), DType::kI32, {1}, Device::kCuda),
+      Tensor(dd.block_tables.get(), DType::kI32, {1, pd.max_blocks}, Device::kCuda), 1,
+      pd.max_seq_len, pd.scale,
+      Tensor(dd.out.get(), DType::kBF16, {pd.num_tokens, pd.num_heads, pd.head_dim}, Device::kCuda),
+      Tensor(ws.get(), DType::kU8, {int64_t(ws_bytes)}, Device::kCuda), nullptr);
+  ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+  EXPECT_EQ(dd.out.download(), want_d);
+}
+
+// A decode step captured in a CUDA graph replays to the eager result: the launchers neither
+// allocate nor synchronize.
+TEST_F(CudaPagedAttention, DecodeAndPrefillCaptureInCudaGraph) {
+  for (const AttnCase& c :
+       {AttnCase{"graph_decode", 128, 2, 4, 16, decode_batch(7, 2), 0.0f, 7},
+        AttnCase{"graph_mixed", 64, 1, 8, 32, {{1, 97}, {54, 1031}}, 0.0f, 8}}) {
+    const Problem pb = make_problem(c);
+    DeviceProblem dp(pb);
+    const std::vector<uint16_t> eager = run_path(pb, dp, Path::kDispatch);
+    const size_t bytes = paged_attention_workspace_bytes(
+        pb.num_seqs(), pb.num_heads, pb.num_kv_heads, pb.head_dim, pb.max_q_len, pb.max_seq_len);
+    DeviceBuffer<uint8_t> workspace(bytes);
+    dp.out.fill_bytes(0xff);
+
+    cudaStream_t stream = nullptr;
+    ATOM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    ATOM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    paged_attention(as_bf16(dp.q), pb.num_heads, dp.cache, dp.batch, pb.scale, as_bf16_mut(dp.out),
+                    bytes ? workspace.get() : nullptr, bytes, stream);
+    ATOM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    ATOM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    ATOM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    ATOM_CUDA_CHECK(cudaStreamSynchronize(stream));
+    EXPECT_EQ(dp.out.download(), eager) << c.name;
+    ATOM_CUDA_CHECK(cudaGraphExecDestroy(exec));
+    ATOM_CUDA_CHECK(cudaGraphDestroy(graph));
+    ATOM_CUDA_CHECK(cudaStreamDestroy(stream));
+  }
+}
+
+// Splits: one long sequence is split to fill the GPU, a batch that fills it is not, and the
+// start-up workspace covers every batch size.
+TEST_F(CudaPagedAttention, SplitChoiceAndWorkspaceBounds) {
+  EXPECT_GT(paged_decode_num_splits(1, 32, 8, 8192), 1);
+  EXPECT_EQ(paged_decode_num_splits(1, 32, 8, 100), 1);  // too short to split
+  EXPECT_EQ(paged_decode_num_splits(256, 32, 8, 8192), 1);
+  EXPECT_EQ(paged_attention_workspace_bytes(4, 32, 8, 128, 17, 8192), 0u);  // prefill
+  EXPECT_EQ(paged_decode_workspace_bytes(4, 32, 128, 1), 0u);
+  EXPECT_EQ(paged_decode_workspace_bytes(4, 32, 128, 3), size_t(4 * 32 * 3 * 130 * 4));
+  const size_t most = paged_attention_max_workspace_bytes(64, 32, 8, 128, 32768);
+  for (int64_t n = 1; n <= 64; ++n) {
+    EXPECT_LE(paged_attention_workspace_bytes(n, 32, 8, 128, 1, 32768), most) << n;
+    EXPECT_LE(paged_attention_workspace_bytes(n, 32, 8, 128, 1, 1000), most) << n;
+  }
+}
+
+TEST_F(CudaPagedAttention, RejectsBadArguments) {
+  const AttnCase c{"bad", 128, 2, 4, 16, {{1, 100}, {1, 30}}, 0.0f, 5};
+  const Problem pb = make_problem(c);
+  DeviceProblem dp(pb);
+  const auto* q = as_bf16(dp.q);
+  auto* out = as_bf16_mut(dp.out);
+  const auto expect_code = [](ErrorCode code, const auto& fn, const char* what) {
+    try {
+      fn();
+      ADD_FAILURE() << what << ": accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), code) << what << ": " << e.what();
+    }
+  };
+
+  PagedKvCache hd96 = dp.cache;
+  hd96.head_dim = 96;
+  expect_code(
+      ErrorCode::kUnsupported,
+      [&] { launch_paged_attention_prefill(q, 8, hd96, dp.batch, 1.0f, out, nullptr); },
+      "head_dim 96");
+  expect_code(
+      ErrorCode::kInvalidArgument,
+      [&] { launch_paged_attention_prefill(q, 7, dp.cache, dp.batch, 1.0f, out, nullptr); },
+      "7 heads over 2 kv heads");
+  PagedAttentionBatch two_rows = dp.batch;
+  two_rows.max_q_len = 2;
+  expect_code(
+      ErrorCode::kInvalidArgument,
+      [&] {
+        launch_paged_attention_decode(q, 8, dp.cache, two_rows, 1.0f, 1, out, nullptr, 0, nullptr);
+      },
+      "decode with two query rows");
+  expect_code(
+      ErrorCode::kInvalidArgument,
+      [&] {
+        launch_paged_attention_decode(q, 8, dp.cache, dp.batch, 1.0f, 4, out, nullptr, 0, nullptr);
+      },
+      "split decode without a workspace");
+  PagedAttentionBatch too_long = dp.batch;
+  too_long.max_seq_len = pb.max_blocks * pb.block_size + 1;
+  expect_code(
+      ErrorCode::kOutOfRange,
+      [&] { launch_paged_attention_prefill(q, 8, dp.cache, too_long, 1.0f, out, nullptr); },
+      "context longer than the block table");
+  const Tensor tq(dp.q.get(), DType::kBF16, {pb.num_tokens, 8, 128}, Device::kCuda);
+  const Tensor tq_f32(dp.q.get(), DType::kF32, {pb.num_tokens, 8, 128}, Device::kCuda);
+  const Tensor tk(dp.k_cache.get(), DType::kBF16, {pb.num_blocks, 16, 2, 128}, Device::kCuda);
+  const Tensor tv(dp.v_cache.get(), DType::kBF16, {pb.num_blocks, 16, 2, 128}, Device::kCuda);
+  const Tensor tk64(dp.k_cache.get(), DType::kBF16, {pb.num_blocks, 16, 2, 64}, Device::kCuda);
+  const Tensor cu(dp.cu_seqlens.get(), DType::kI32, {3}, Device::kCuda);
+  const Tensor lens(dp.seq_lens.get(), DType::kI32, {2}, Device::kCuda);
+  const Tensor lens_host(dp.seq_lens.get(), DType::kI32, {2}, Device::kCpu);
+  const Tensor tables(dp.block_tables.get(), DType::kI32, {2, pb.max_blocks}, Device::kCuda);
+  const Tensor tout(dp.out.get(), DType::kBF16, {pb.num_tokens, 8, 128}, Device::kCuda);
+  expect_code(
+      ErrorCode::kInvalidArgument,
+      [&] {
+        paged_attention(tq, tk64, tv, cu, lens, tables, 1, 100, 1.0f, tout, Tensor(), nullptr);
+      },
+      "k and v caches of different shapes");
+  expect_code(
+      ErrorCode::kInvalidArgument,
+      [&] {
+        paged_attention(tq, tk, tv, cu, lens_host, tables, 1, 100, 1.0f, tout, Tensor(), nullptr);
+      },
+      "metadata on the host");
+  expect_code(
+      ErrorCode::kInvalidArgument,
+      [&] { paged_attention(tq, tk, tv, cu, cu, tables, 1, 100, 1.0f, tout, Tensor(), nullptr); },
+      "seq_lens of the wrong length");
+  expect_code(
+      ErrorCode::kUnsupported,
+      [&] {
+        paged_attention(tq_f32, tk, tv, cu, lens, tables, 1, 100, 1.0f, tout, Tensor(), nullptr);
+      },
+      "f32 q");
+}
+
+}  // namespace
+}  // namespace atom::cuda
