@@ -1,0 +1,560 @@
+// Element-wise decoder kernels: embedding, QKV split, SiLU-and-multiply, RoPE + KV-cache write,
+// argmax. Row copies move 16-byte packets when the rows and pointers allow them; the rest is
+// scalar bf16 with f32 math, rounded where HF's bf16 ops round.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+
+#include "atom/backends/cuda/check.h"
+#include "atom/backends/cuda/ops.h"
+#include "atom/core/error.h"
+
+namespace atom::cuda {
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+// kVec elements moved by one load or store (16 bytes for kVec * sizeof(T) == 16).
+template <typename T, int kVec>
+struct alignas(sizeof(T) * kVec) Packet {
+  T v[kVec];
+};
+
+constexpr int kBf16Vec = 16 / sizeof(bf16);
+// Thread blocks stride over a row's packets; grid.y splits long rows (at most 65535 blocks).
+constexpr int kMaxGridY = 65535;
+
+__device__ __forceinline__ float to_f32(bf16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ bf16 to_bf16(float v) { return __float2bfloat16_rn(v); }
+// v rounded to bf16 and back: the value a bf16 tensor op would hand to the next op.
+__device__ __forceinline__ float round_bf16(float v) { return to_f32(to_bf16(v)); }
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// A whole number of warps, one thread per unit of work up to `max_threads`.
+int threads_for(int64_t work, int max_threads) {
+  const int64_t warps = std::clamp<int64_t>((work + 31) / 32, 1, max_threads / 32);
+  return int(warps * 32);
+}
+
+// grid.y blocks so that `threads` threads per block cover `work` units, capped.
+unsigned blocks_y(int64_t work, int threads) {
+  return unsigned(std::clamp<int64_t>((work + threads - 1) / threads, 1, kMaxGridY));
+}
+
+void check_rows(const char* op, int64_t n) {
+  ATOM_CHECK(n >= 0, kInvalidArgument, "{}: negative token count {}", op, n);
+  ATOM_CHECK(n <= INT_MAX, kOutOfRange, "{}: {} rows exceed one launch", op, n);
+}
+
+// --- embedding / row gather ---
+
+// grid = (n, y); out row t = table row ids[t], or zeros for an id outside [0, vocab).
+// table: [vocab, hidden]; out: [n, hidden]; kVec divides hidden.
+template <int kVec>
+__global__ void embedding_kernel(const bf16* __restrict__ table, int64_t vocab, int64_t hidden,
+                                 const int32_t* __restrict__ ids, bf16* __restrict__ out) {
+  using P = Packet<bf16, kVec>;
+  const int64_t t = blockIdx.x;
+  const int64_t packets = hidden / kVec;
+  const int64_t begin = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
+  const int64_t step = int64_t(gridDim.y) * blockDim.x;
+  const int64_t id = ids[t];
+  P* o = reinterpret_cast<P*>(out + t * hidden);
+  if (id < 0 || id >= vocab) {
+    P zero;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) zero.v[j] = to_bf16(0.0f);
+    for (int64_t i = begin; i < packets; i += step) o[i] = zero;
+    return;
+  }
+  const P* src = reinterpret_cast<const P*>(table + id * hidden);
+  for (int64_t i = begin; i < packets; i += step) o[i] = src[i];
+}
+
+// --- QKV split ---
+
+// grid = (n, y); row t of qkv [n, q_size + 2 * kv_size] into q, k, v. kVec divides q_size and
+// kv_size, so no packet straddles two outputs.
+template <int kVec>
+__global__ void split_qkv_kernel(const bf16* __restrict__ qkv, bf16* __restrict__ q,
+                                 bf16* __restrict__ k, bf16* __restrict__ v, int64_t q_size,
+                                 int64_t kv_size) {
+  using P = Packet<bf16, kVec>;
+  const int64_t t = blockIdx.x;
+  const int64_t qp = q_size / kVec, kvp = kv_size / kVec;
+  const P* src = reinterpret_cast<const P*>(qkv + t * (q_size + 2 * kv_size));
+  P* qo = reinterpret_cast<P*>(q + t * q_size);
+  P* ko = reinterpret_cast<P*>(k + t * kv_size);
+  P* vo = reinterpret_cast<P*>(v + t * kv_size);
+  const int64_t step = int64_t(gridDim.y) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.y) * blockDim.x + threadIdx.x; i < qp + 2 * kvp; i += step) {
+    const P p = src[i];
+    if (i < qp) {
+      qo[i] = p;
+    } else if (i < qp + kvp) {
+      ko[i - qp] = p;
+    } else {
+      vo[i - qp - kvp] = p;
+    }
+  }
+}
+
+// --- SiLU and multiply ---
+
+// HF on bf16 tensors: act_fn(gate) is torch's silu, x / (1 + exp(-x)) in f32 rounded to bf16;
+// `* up` multiplies two bf16 values in f32 and rounds again.
+__device__ __forceinline__ bf16 silu_mul(bf16 gate, bf16 up) {
+  const float g = to_f32(gate);
+  const float s = round_bf16(g / (1.0f + expf(-g)));
+  return to_bf16(s * to_f32(up));
+}
+
+// grid = (n, y). x: [n, 2 * d]; out: [n, d]; kVec divides d.
+template <int kVec>
+__global__ void silu_and_mul_kernel(const bf16* __restrict__ x, bf16* __restrict__ out, int64_t d) {
+  using P = Packet<bf16, kVec>;
+  const int64_t t = blockIdx.x;
+  const P* gate = reinterpret_cast<const P*>(x + t * 2 * d);
+  const P* up = reinterpret_cast<const P*>(x + t * 2 * d + d);
+  P* o = reinterpret_cast<P*>(out + t * d);
+  const int64_t packets = d / kVec;
+  const int64_t step = int64_t(gridDim.y) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.y) * blockDim.x + threadIdx.x; i < packets; i += step) {
+    const P g = gate[i];
+    const P u = up[i];
+    P r;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) r.v[j] = silu_mul(g.v[j], u.v[j]);
+    o[i] = r;
+  }
+}
+
+// --- RoPE and KV-cache write ---
+
+struct RopeCacheKernelArgs {
+  bf16* q;        // [n, num_heads, head_dim] or null
+  bf16* k;        // [n, num_kv_heads, head_dim] or null
+  const bf16* v;  // [n, num_kv_heads, head_dim] or null
+  const int32_t* positions;
+  const float* inv_freq;  // [half]
+  float attention_factor;
+  const int32_t* slot_mapping;  // null: no cache write
+  bf16* k_cache;                // [num_slots, num_kv_heads, head_dim]
+  bf16* v_cache;
+  int64_t num_slots;
+  int num_heads;     // heads of q rotated (0: none)
+  int num_kv_heads;  // heads of k rotated and/or written
+  int head_dim;
+  int half;  // rotary_dim / 2 (0: no rotation)
+};
+
+// HF: x * cos + rotate_half(x) * sin with rotate_half(x) = cat(-x2, x1), every product and sum a
+// bf16 op. (a, b) = (x[i], x[i + half]); c, s are bf16 values. A product of two bf16 values is
+// exact in f32, so rounding it to bf16 is exactly torch's bf16 multiply.
+__device__ __forceinline__ void rotate(float a, float b, float c, float s, bf16& out_a,
+                                       bf16& out_b) {
+  out_a = to_bf16(round_bf16(a * c) - round_bf16(b * s));
+  out_b = to_bf16(round_bf16(b * c) + round_bf16(a * s));
+}
+
+// grid = n tokens; dynamic shared memory: 2 * half floats (this token's cos, then sin).
+// Every element is read and written by one thread only, so in-place rotation needs no barrier
+// after the cos/sin table.
+__global__ void rope_cache_kernel(RopeCacheKernelArgs p) {
+  extern __shared__ float cos_sin[];
+  const int64_t t = blockIdx.x;
+  const int half = p.half;
+  const int hd = p.head_dim;
+  if (half > 0) {
+    const float pos = float(p.positions[t]);
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+      float s, c;
+      sincosf(pos * p.inv_freq[i], &s, &c);
+      cos_sin[i] = round_bf16(c * p.attention_factor);
+      cos_sin[half + i] = round_bf16(s * p.attention_factor);
+    }
+    __syncthreads();
+  }
+  const float* cs = cos_sin;
+  const float* sn = cos_sin + half;
+
+  if (p.q != nullptr && half > 0) {
+    bf16* qt = p.q + t * p.num_heads * hd;
+    for (int idx = threadIdx.x; idx < p.num_heads * half; idx += blockDim.x) {
+      const int h = idx / half, i = idx % half;
+      bf16* x = qt + h * hd;
+      rotate(to_f32(x[i]), to_f32(x[i + half]), cs[i], sn[i], x[i], x[i + half]);
+    }
+  }
+
+  int64_t slot = -1;
+  if (p.slot_mapping != nullptr) {
+    slot = p.slot_mapping[t];
+    if (slot >= p.num_slots) slot = -1;  // the host validates slots; never write past the cache
+  }
+  const int64_t row = int64_t(p.num_kv_heads) * hd;  // one token's K (or V), all heads
+  bf16* kc = slot >= 0 ? p.k_cache + slot * row : nullptr;
+  bf16* vc = slot >= 0 ? p.v_cache + slot * row : nullptr;
+
+  if (p.k != nullptr) {
+    bf16* kt = p.k + t * row;
+    if (half > 0) {
+      for (int idx = threadIdx.x; idx < p.num_kv_heads * half; idx += blockDim.x) {
+        const int h = idx / half, i = idx % half;
+        bf16* x = kt + h * hd;
+        bf16 a, b;
+        rotate(to_f32(x[i]), to_f32(x[i + half]), cs[i], sn[i], a, b);
+        x[i] = a;
+        x[i + half] = b;
+        if (kc != nullptr) {
+          kc[h * hd + i] = a;
+          kc[h * hd + i + half] = b;
+        }
+      }
+    }
+    if (kc != nullptr) {  // the dims past rotary_dim, as they are
+      const int pass = hd - 2 * half;
+      for (int idx = threadIdx.x; idx < p.num_kv_heads * pass; idx += blockDim.x) {
+        const int h = idx / pass, i = 2 * half + idx % pass;
+        kc[h * hd + i] = kt[h * hd + i];
+      }
+    }
+  }
+  if (p.v != nullptr && vc != nullptr) {
+    const bf16* vt = p.v + t * row;
+    for (int64_t i = threadIdx.x; i < row; i += blockDim.x) vc[i] = vt[i];
+  }
+}
+
+// Checks shared by the RoPE launchers.
+void check_rope(const char* op, const RopeArgs& rope, int64_t head_dim) {
+  ATOM_CHECK(rope.rotary_dim > 0 && rope.rotary_dim % 2 == 0 && rope.rotary_dim <= head_dim,
+             kInvalidArgument, "{}: rotary dimension {} must be even and within head_dim {}", op,
+             rope.rotary_dim, head_dim);
+  ATOM_CHECK(rope.positions != nullptr && rope.inv_freq != nullptr, kInvalidArgument,
+             "{}: positions and inv_freq are required", op);
+}
+
+void check_heads(const char* op, int64_t heads, int64_t head_dim) {
+  ATOM_CHECK(heads > 0 && head_dim > 0, kInvalidArgument, "{}: bad head shape [{}, {}]", op, heads,
+             head_dim);
+  ATOM_CHECK(heads * head_dim <= INT_MAX / 2, kOutOfRange, "{}: {} heads of {} are too wide", op,
+             heads, head_dim);
+}
+
+void check_cache(const char* op, const KvCacheWrite& cache) {
+  ATOM_CHECK(cache.slot_mapping != nullptr && cache.k_cache != nullptr &&
+                 cache.v_cache != nullptr && cache.num_slots >= 0,
+             kInvalidArgument, "{}: the KV cache write needs slot_mapping, k_cache and v_cache",
+             op);
+}
+
+void launch_rope_cache(const RopeCacheKernelArgs& args, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  const int64_t rot_work = int64_t(args.num_heads + args.num_kv_heads) * args.half;
+  const int64_t copy_work = int64_t(args.num_kv_heads) * args.head_dim;
+  const int threads = threads_for(std::max(rot_work, copy_work), 256);
+  const size_t smem = size_t(2 * args.half) * sizeof(float);
+  ATOM_CHECK(smem <= 48 * 1024, kOutOfRange, "rope: rotary dimension {} is too large",
+             2 * args.half);
+  rope_cache_kernel<<<unsigned(n), threads, smem, stream>>>(args);
+  ATOM_CUDA_CHECK(cudaGetLastError());
+}
+
+// --- argmax ---
+
+// (v, i) replaces (best_v, best_i) when larger, or equal with a lower index. NaN never does.
+__device__ __forceinline__ void take_better(float v, int i, float& best_v, int& best_i) {
+  if (v > best_v || (v == best_v && i < best_i)) {
+    best_v = v;
+    best_i = i;
+  }
+}
+
+// grid = n rows; blockDim.x a multiple of 32. kVec consecutive logits per load (kVec divides
+// vocab); each thread visits its indices in increasing order.
+template <int kVec>
+__global__ void argmax_kernel(const float* __restrict__ logits, int64_t vocab,
+                              int32_t* __restrict__ out) {
+  using P = Packet<float, kVec>;
+  const int64_t t = blockIdx.x;
+  const float* row = logits + t * vocab;
+  const P* packets = reinterpret_cast<const P*>(row);
+  const int n_packets = int(vocab / kVec);
+  float best_v = -INFINITY;
+  int best_i = INT_MAX;  // none yet
+  for (int i = threadIdx.x; i < n_packets; i += blockDim.x) {
+    const P p = packets[i];
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) take_better(p.v[j], i * kVec + j, best_v, best_i);
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, best_v, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+    take_better(ov, oi, best_v, best_i);
+  }
+  __shared__ float warp_v[32];
+  __shared__ int warp_i[32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) {
+    warp_v[warp] = best_v;
+    warp_i[warp] = best_i;
+  }
+  __syncthreads();
+  if (warp != 0) return;
+  best_v = lane < int(blockDim.x / 32) ? warp_v[lane] : -INFINITY;
+  best_i = lane < int(blockDim.x / 32) ? warp_i[lane] : INT_MAX;
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, best_v, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+    take_better(ov, oi, best_v, best_i);
+  }
+  // atom::argmax starts from index 0 and moves only on a strictly larger logit: a NaN there (or a
+  // row of NaNs) keeps 0.
+  if (lane == 0) out[t] = (isnan(row[0]) || best_i == INT_MAX) ? 0 : best_i;
+}
+
+// --- Tensor checks ---
+
+void check_gpu(const char* op, const char* name, const Tensor& t, DType dtype) {
+  ATOM_CHECK(t.defined() && t.device() == Device::kCuda, kInvalidArgument,
+             "{}: {} must be a tensor on the GPU", op, name);
+  ATOM_CHECK(t.dtype() == dtype, kInvalidArgument, "{}: {} is {}, expected {}", op, name,
+             dtype_name(t.dtype()), dtype_name(dtype));
+  ATOM_CHECK(t.is_contiguous(), kInvalidArgument, "{}: {} must be contiguous", op, name);
+}
+
+void check_shape(const char* op, const char* name, const Tensor& t,
+                 std::initializer_list<int64_t> shape) {
+  bool ok = t.ndim() == int(shape.size());
+  int d = 0;
+  std::string want = "[";
+  for (const int64_t s : shape) {
+    ok = ok && t.size(d) == s;
+    want += (d++ ? ", " : "") + std::to_string(s);
+  }
+  ATOM_CHECK(ok, kInvalidArgument, "{}: {} has shape {}, expected {}]", op, name, t.shape_str(),
+             want);
+}
+
+}  // namespace
+
+// --- launchers ---
+
+void launch_embedding(const bf16* table, int64_t vocab, int64_t hidden, const int32_t* ids,
+                      bf16* out, int64_t n, cudaStream_t stream) {
+  check_rows("embedding", n);
+  ATOM_CHECK(vocab > 0 && hidden > 0, kInvalidArgument, "embedding: bad table shape [{}, {}]",
+             vocab, hidden);
+  if (n == 0) return;
+  if (hidden % kBf16Vec == 0 && aligned16(table) && aligned16(out)) {
+    const int64_t packets = hidden / kBf16Vec;
+    const int threads = threads_for(packets, 256);
+    embedding_kernel<kBf16Vec>
+        <<<dim3(unsigned(n), blocks_y(packets, threads)), threads, 0, stream>>>(table, vocab,
+                                                                                hidden, ids, out);
+  } else {
+    const int threads = threads_for(hidden, 256);
+    embedding_kernel<1><<<dim3(unsigned(n), blocks_y(hidden, threads)), threads, 0, stream>>>(
+        table, vocab, hidden, ids, out);
+  }
+  ATOM_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_split_qkv(const bf16* qkv, bf16* q, bf16* k, bf16* v, int64_t n, int64_t q_size,
+                      int64_t kv_size, cudaStream_t stream) {
+  check_rows("split_qkv", n);
+  ATOM_CHECK(q_size > 0 && kv_size > 0, kInvalidArgument, "split_qkv: bad sizes q {} kv {}", q_size,
+             kv_size);
+  if (n == 0) return;
+  if (q_size % kBf16Vec == 0 && kv_size % kBf16Vec == 0 && aligned16(qkv) && aligned16(q) &&
+      aligned16(k) && aligned16(v)) {
+    const int64_t packets = (q_size + 2 * kv_size) / kBf16Vec;
+    const int threads = threads_for(packets, 256);
+    split_qkv_kernel<kBf16Vec>
+        <<<dim3(unsigned(n), blocks_y(packets, threads)), threads, 0, stream>>>(qkv, q, k, v,
+                                                                                q_size, kv_size);
+  } else {
+    const int64_t width = q_size + 2 * kv_size;
+    const int threads = threads_for(width, 256);
+    split_qkv_kernel<1><<<dim3(unsigned(n), blocks_y(width, threads)), threads, 0, stream>>>(
+        qkv, q, k, v, q_size, kv_size);
+  }
+  ATOM_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_silu_and_mul(const bf16* x, bf16* out, int64_t n, int64_t d, cudaStream_t stream) {
+  check_rows("silu_and_mul", n);
+  ATOM_CHECK(d > 0, kInvalidArgument, "silu_and_mul of [{}, 2 * {}]", n, d);
+  if (n == 0) return;
+  if (d % kBf16Vec == 0 && aligned16(x) && aligned16(out)) {
+    const int64_t packets = d / kBf16Vec;
+    const int threads = threads_for(packets, 256);
+    silu_and_mul_kernel<kBf16Vec>
+        <<<dim3(unsigned(n), blocks_y(packets, threads)), threads, 0, stream>>>(x, out, d);
+  } else {
+    const int threads = threads_for(d, 256);
+    silu_and_mul_kernel<1>
+        <<<dim3(unsigned(n), blocks_y(d, threads)), threads, 0, stream>>>(x, out, d);
+  }
+  ATOM_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_rope_neox(bf16* x, const RopeArgs& rope, int64_t n, int64_t num_heads, int64_t head_dim,
+                      cudaStream_t stream) {
+  check_rows("rope_neox", n);
+  check_heads("rope_neox", num_heads, head_dim);
+  check_rope("rope_neox", rope, head_dim);
+  RopeCacheKernelArgs args{};
+  args.q = x;
+  args.positions = rope.positions;
+  args.inv_freq = rope.inv_freq;
+  args.attention_factor = rope.attention_factor;
+  args.num_heads = int(num_heads);
+  args.head_dim = int(head_dim);
+  args.half = int(rope.rotary_dim / 2);
+  launch_rope_cache(args, n, stream);
+}
+
+void launch_reshape_and_cache(const bf16* k, const bf16* v, const KvCacheWrite& cache, int64_t n,
+                              int64_t num_kv_heads, int64_t head_dim, cudaStream_t stream) {
+  check_rows("reshape_and_cache", n);
+  check_heads("reshape_and_cache", num_kv_heads, head_dim);
+  check_cache("reshape_and_cache", cache);
+  RopeCacheKernelArgs args{};
+  // The kernel reads k only to rotate it or to copy it to the cache; without rotation it is
+  // never written.
+  args.k = const_cast<bf16*>(k);
+  args.v = v;
+  args.slot_mapping = cache.slot_mapping;
+  args.k_cache = cache.k_cache;
+  args.v_cache = cache.v_cache;
+  args.num_slots = cache.num_slots;
+  args.num_kv_heads = int(num_kv_heads);
+  args.head_dim = int(head_dim);
+  launch_rope_cache(args, n, stream);
+}
+
+void launch_rope_and_cache(bf16* q, bf16* k, const bf16* v, const RopeArgs& rope,
+                           const KvCacheWrite& cache, int64_t n, int64_t num_heads,
+                           int64_t num_kv_heads, int64_t head_dim, cudaStream_t stream) {
+  check_rows("rope_and_cache", n);
+  check_heads("rope_and_cache", num_heads, head_dim);
+  check_heads("rope_and_cache", num_kv_heads, head_dim);
+  check_rope("rope_and_cache", rope, head_dim);
+  check_cache("rope_and_cache", cache);
+  RopeCacheKernelArgs args{};
+  args.q = q;
+  args.k = k;
+  args.v = v;
+  args.positions = rope.positions;
+  args.inv_freq = rope.inv_freq;
+  args.attention_factor = rope.attention_factor;
+  args.slot_mapping = cache.slot_mapping;
+  args.k_cache = cache.k_cache;
+  args.v_cache = cache.v_cache;
+  args.num_slots = cache.num_slots;
+  args.num_heads = int(num_heads);
+  args.num_kv_heads = int(num_kv_heads);
+  args.head_dim = int(head_dim);
+  args.half = int(rope.rotary_dim / 2);
+  launch_rope_cache(args, n, stream);
+}
+
+void launch_argmax(const float* logits, int32_t* out, int64_t n, int64_t vocab,
+                   cudaStream_t stream) {
+  check_rows("argmax", n);
+  ATOM_CHECK(vocab > 0 && vocab <= INT_MAX, kInvalidArgument, "argmax: bad vocabulary size {}",
+             vocab);
+  if (n == 0) return;
+  constexpr int kVec = 4;
+  if (vocab % kVec == 0 && aligned16(logits)) {
+    argmax_kernel<kVec>
+        <<<unsigned(n), threads_for(vocab / kVec, 1024), 0, stream>>>(logits, vocab, out);
+  } else {
+    argmax_kernel<1><<<unsigned(n), threads_for(vocab, 1024), 0, stream>>>(logits, vocab, out);
+  }
+  ATOM_CUDA_CHECK(cudaGetLastError());
+}
+
+// --- entry points ---
+
+void embedding(const Tensor& table, const Tensor& ids, const Tensor& out, cudaStream_t stream) {
+  check_gpu("embedding", "table", table, DType::kBF16);
+  check_gpu("embedding", "ids", ids, DType::kI32);
+  check_gpu("embedding", "out", out, DType::kBF16);
+  ATOM_CHECK(table.ndim() == 2 && ids.ndim() == 1, kInvalidArgument,
+             "embedding: table {} must be [vocab, hidden] and ids {} [n]", table.shape_str(),
+             ids.shape_str());
+  check_shape("embedding", "out", out, {ids.size(0), table.size(1)});
+  launch_embedding(table.data_as<bf16>(), table.size(0), table.size(1), ids.data_as<int32_t>(),
+                   out.data_as<bf16>(), ids.size(0), stream);
+}
+
+void silu_and_mul(const Tensor& x, const Tensor& out, cudaStream_t stream) {
+  check_gpu("silu_and_mul", "x", x, DType::kBF16);
+  check_gpu("silu_and_mul", "out", out, DType::kBF16);
+  ATOM_CHECK(x.ndim() >= 1 && x.size(-1) > 0 && x.size(-1) % 2 == 0, kInvalidArgument,
+             "silu_and_mul: x {} must end in an even, non-zero width", x.shape_str());
+  const int64_t d = x.size(-1) / 2;
+  bool same_rows = out.ndim() == x.ndim() && out.size(-1) == d;
+  for (int i = 0; same_rows && i + 1 < x.ndim(); ++i) same_rows = out.size(i) == x.size(i);
+  ATOM_CHECK(same_rows, kInvalidArgument, "silu_and_mul: out {} does not match x {}",
+             out.shape_str(), x.shape_str());
+  launch_silu_and_mul(x.data_as<bf16>(), out.data_as<bf16>(), x.numel() / (2 * d), d, stream);
+}
+
+void rope_and_cache(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions,
+                    const Tensor& inv_freq, float attention_factor, int64_t rotary_dim,
+                    const Tensor& slot_mapping, const Tensor& k_cache, const Tensor& v_cache,
+                    cudaStream_t stream) {
+  const char* op = "rope_and_cache";
+  check_gpu(op, "q", q, DType::kBF16);
+  check_gpu(op, "k", k, DType::kBF16);
+  check_gpu(op, "v", v, DType::kBF16);
+  check_gpu(op, "positions", positions, DType::kI32);
+  check_gpu(op, "inv_freq", inv_freq, DType::kF32);
+  check_gpu(op, "slot_mapping", slot_mapping, DType::kI32);
+  check_gpu(op, "k_cache", k_cache, DType::kBF16);
+  check_gpu(op, "v_cache", v_cache, DType::kBF16);
+  ATOM_CHECK(q.ndim() == 3 && k.ndim() == 3, kInvalidArgument,
+             "{}: q {} and k {} must be [n, heads, head_dim]", op, q.shape_str(), k.shape_str());
+  const int64_t n = q.size(0), head_dim = q.size(2), num_kv_heads = k.size(1);
+  check_shape(op, "k", k, {n, num_kv_heads, head_dim});
+  check_shape(op, "v", v, {n, num_kv_heads, head_dim});
+  check_shape(op, "positions", positions, {n});
+  check_shape(op, "slot_mapping", slot_mapping, {n});
+  check_shape(op, "inv_freq", inv_freq, {rotary_dim / 2});
+  ATOM_CHECK(k_cache.ndim() == 4, kInvalidArgument,
+             "{}: k_cache {} must be [num_blocks, block_size, num_kv_heads, head_dim]", op,
+             k_cache.shape_str());
+  const int64_t num_blocks = k_cache.size(0), block_size = k_cache.size(1);
+  check_shape(op, "k_cache", k_cache, {num_blocks, block_size, num_kv_heads, head_dim});
+  check_shape(op, "v_cache", v_cache, {num_blocks, block_size, num_kv_heads, head_dim});
+  const RopeArgs rope{positions.data_as<int32_t>(), inv_freq.data_as<float>(), attention_factor,
+                      rotary_dim};
+  const KvCacheWrite cache{slot_mapping.data_as<int32_t>(), k_cache.data_as<bf16>(),
+                           v_cache.data_as<bf16>(), num_blocks * block_size};
+  launch_rope_and_cache(q.data_as<bf16>(), k.data_as<bf16>(), v.data_as<bf16>(), rope, cache, n,
+                        q.size(1), num_kv_heads, head_dim, stream);
+}
+
+void argmax(const Tensor& logits, const Tensor& out, cudaStream_t stream) {
+  check_gpu("argmax", "logits", logits, DType::kF32);
+  check_gpu("argmax", "out", out, DType::kI32);
+  ATOM_CHECK(logits.ndim() == 2, kInvalidArgument, "argmax: logits {} must be [n, vocab]",
+             logits.shape_str());
+  check_shape("argmax", "out", out, {logits.size(0)});
+  launch_argmax(logits.data_as<float>(), out.data_as<int32_t>(), logits.size(0), logits.size(1),
+                stream);
+}
+
+}  // namespace atom::cuda

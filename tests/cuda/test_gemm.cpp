@@ -1,0 +1,330 @@
+// The cuBLASLt GEMM y = x · W^T (+ bias) against cpu::matmul on the same bf16 weights and
+// bf16-rounded activations: decode and prefill row counts, the model's projection shapes, an LM
+// head with an odd vocabulary (f32 logits), k and n that are not multiples of 8, misaligned
+// pointers, the plan cache, and replay inside a CUDA graph.
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <ostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "atom/backends/cpu/quants.h"
+#include "atom/backends/cuda/check.h"
+#include "atom/backends/cuda/gemm.h"
+#include "atom/core/dtype.h"
+#include "atom/core/error.h"
+#include "atom/core/ggml_types.h"
+#include "atom/core/tensor.h"
+
+namespace atom::cuda {
+namespace {
+
+bool cuda_device_visible() {
+  int devices = 0;
+  const bool ok = cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0;
+  if (!ok) cudaGetLastError();  // clear the error of a machine without a GPU
+  return ok;
+}
+
+// A device buffer of T, freed on scope exit. `offset` elements of slack in front let a test hand
+// out a pointer that is not 16-byte aligned.
+template <typename T>
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t n, size_t offset = 0) : n_(n), offset_(offset) {
+    ATOM_CUDA_CHECK(
+        cudaMalloc(reinterpret_cast<void**>(&base_), std::max<size_t>(n + offset, 1) * sizeof(T)));
+  }
+  explicit DeviceBuffer(const std::vector<T>& h, size_t offset = 0)
+      : DeviceBuffer(h.size(), offset) {
+    ATOM_CUDA_CHECK(cudaMemcpy(get(), h.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  ~DeviceBuffer() { cudaFree(base_); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  T* get() const { return base_ + offset_; }
+  std::vector<T> download() const {
+    std::vector<T> h(n_);
+    ATOM_CUDA_CHECK(cudaMemcpy(h.data(), get(), n_ * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
+  }
+
+ private:
+  T* base_ = nullptr;
+  size_t n_;
+  size_t offset_;
+};
+
+__nv_bfloat16* as_bf16(const DeviceBuffer<uint16_t>& d) {
+  return reinterpret_cast<__nv_bfloat16*>(d.get());
+}
+
+std::vector<uint16_t> random_bf16(size_t n, uint32_t seed, float lo, float hi) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<uint16_t> v(n);
+  for (uint16_t& x : v) x = f32_to_bf16(dist(rng));
+  return v;
+}
+
+std::vector<float> from_bf16(const std::vector<uint16_t>& b) {
+  std::vector<float> v(b.size());
+  for (size_t i = 0; i < b.size(); ++i) v[i] = bf16_to_f32(b[i]);
+  return v;
+}
+
+struct GemmCase {
+  int64_t m, n, k;
+  bool bias;
+  bool f32_out;
+  size_t misalign;  // elements by which x and y are shifted off 16-byte alignment
+};
+
+void PrintTo(const GemmCase& c, std::ostream* os) {
+  *os << "m" << c.m << " n" << c.n << " k" << c.k << (c.bias ? " +bias" : "")
+      << (c.f32_out ? " f32" : " bf16") << (c.misalign ? " misaligned" : "");
+}
+
+class CudaGemmTest : public ::testing::TestWithParam<GemmCase> {
+ protected:
+  void SetUp() override {
+    if (!cuda_device_visible()) GTEST_SKIP() << "no CUDA device visible";
+  }
+};
+
+// Reference and error bound of one case, from cpu::matmul on the same bf16 values:
+//   want = x · W^T (+ bias) in f32; abs = |x| · |W|^T, which bounds each sum's rounding error:
+//   an f32 sum of k products is within k * 2^-24 * abs of the exact one, on the GPU and the CPU
+//   alike (whatever their summation order, split-K included), so the two differ by at most
+//   2 * k * 2^-24 * abs. A bf16 output adds its own rounding, 2^-8 relative.
+struct Reference {
+  std::vector<float> want, tol;
+};
+
+Reference reference(const GemmCase& c, const std::vector<uint16_t>& x,
+                    const std::vector<uint16_t>& w, const std::vector<float>& bias) {
+  Reference r;
+  r.want.resize(size_t(c.m * c.n));
+  std::vector<float> abs_sum(r.want.size());
+  const std::vector<float> xf = from_bf16(x);
+  cpu::matmul(xf.data(), c.m, cpu::make_qmatrix(GgmlType::kBF16, w.data(), c.n, c.k),
+              r.want.data());
+  // |bf16| is the value with its sign bit cleared.
+  std::vector<float> xa(xf.size());
+  for (size_t i = 0; i < xf.size(); ++i) xa[i] = std::fabs(xf[i]);
+  std::vector<uint16_t> wa(w.size());
+  for (size_t i = 0; i < w.size(); ++i) wa[i] = w[i] & 0x7fff;
+  cpu::matmul(xa.data(), c.m, cpu::make_qmatrix(GgmlType::kBF16, wa.data(), c.n, c.k),
+              abs_sum.data());
+  r.tol.resize(r.want.size());
+  for (int64_t i = 0; i < c.m; ++i) {
+    for (int64_t j = 0; j < c.n; ++j) {
+      const size_t o = size_t(i * c.n + j);
+      if (c.bias) r.want[o] += bias[size_t(j)];
+      const float acc = 2.0f * float(c.k) * 0x1p-24f * abs_sum[o] + 0x1p-22f * std::fabs(r.want[o]);
+      r.tol[o] = c.f32_out ? acc + 1e-30f : 0x1p-8f * (std::fabs(r.want[o]) + acc) + acc + 1e-30f;
+    }
+  }
+  return r;
+}
+
+void expect_within(const std::vector<float>& got, const Reference& r, const std::string& what) {
+  ASSERT_EQ(got.size(), r.want.size());
+  size_t bad = 0, worst_i = 0;
+  double worst = 0.0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::fabs(double(got[i]) - double(r.want[i]));
+    if (!(err <= r.tol[i])) ++bad;
+    const double ratio = err / double(r.tol[i]);
+    if (!(ratio <= worst)) worst = ratio, worst_i = i;  // NaN counts as worst
+  }
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << got.size()
+                     << " outputs out of tolerance; worst [" << worst_i << "]: got " << got[worst_i]
+                     << " want " << r.want[worst_i] << " tol " << r.tol[worst_i];
+}
+
+TEST_P(CudaGemmTest, MatchesCpuMatmul) {
+  const GemmCase c = GetParam();
+  const auto x = random_bf16(size_t(c.m * c.k), 31, -1.0f, 1.0f);
+  const auto w = random_bf16(size_t(c.n * c.k), 32, -1.0f, 1.0f);
+  const auto bias_b = random_bf16(size_t(c.n), 33, -4.0f, 4.0f);
+  // A bias has the output's dtype; the f32 bias gets values off the bf16 grid.
+  std::vector<float> bias = from_bf16(bias_b);
+  if (c.f32_out) {
+    for (size_t j = 0; j < bias.size(); ++j) bias[j] += 1e-3f * float(j % 7);
+  }
+  const Reference r = reference(c, x, w, bias);
+
+  Gemm gemm;
+  DeviceBuffer<uint16_t> dx(x, c.misalign), dw(w), dbias_b(bias_b);
+  DeviceBuffer<float> dbias_f(bias);
+  std::vector<float> got;
+  if (c.f32_out) {
+    DeviceBuffer<float> dy(size_t(c.m * c.n), c.misalign);
+    gemm.launch(as_bf16(dx), as_bf16(dw), c.bias ? dbias_f.get() : nullptr, dy.get(), c.m, c.n, c.k,
+                nullptr);
+    ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+    got = dy.download();
+    // Again: the cached plan, the same bits.
+    gemm.launch(as_bf16(dx), as_bf16(dw), c.bias ? dbias_f.get() : nullptr, dy.get(), c.m, c.n, c.k,
+                nullptr);
+    ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+    EXPECT_EQ(dy.download(), got);
+  } else {
+    DeviceBuffer<uint16_t> dy(size_t(c.m * c.n), c.misalign);
+    gemm.launch(as_bf16(dx), as_bf16(dw), c.bias ? as_bf16(dbias_b) : nullptr, as_bf16(dy), c.m,
+                c.n, c.k, nullptr);
+    ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto bits = dy.download();
+    got = from_bf16(bits);
+    gemm.launch(as_bf16(dx), as_bf16(dw), c.bias ? as_bf16(dbias_b) : nullptr, as_bf16(dy), c.m,
+                c.n, c.k, nullptr);
+    ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+    EXPECT_EQ(dy.download(), bits);
+  }
+  EXPECT_EQ(gemm.num_plans(), 1u);
+  expect_within(got, r, "gemm");
+}
+
+std::vector<GemmCase> make_cases() {
+  std::vector<GemmCase> cases;
+  for (const int64_t m : {1, 7, 64, 300}) {
+    // The 0.6B-class model's projections: square, up (gate/up-like) and down.
+    cases.push_back({m, 64, 64, false, false, 0});
+    cases.push_back({m, 1536, 576, m % 2 == 1, false, 0});
+    cases.push_back({m, 576, 1536, m % 2 == 0, false, 0});
+    // The LM head: an odd vocabulary, f32 logits.
+    cases.push_back({m, 4099, 576, m == 7, true, 0});
+  }
+  // k and n not multiples of 8: leading dimensions off 16-byte multiples.
+  for (const int64_t m : {1, 7, 64}) cases.push_back({m, 64, 17, false, false, 0});
+  cases.push_back({7, 576, 577, true, false, 0});
+  cases.push_back({300, 1536, 1001, false, false, 0});
+  cases.push_back({17, 4099, 576, true, false, 0});  // odd n, bf16 output
+  cases.push_back({5, 4099, 575, false, true, 0});
+  // Long k over few outputs: the shapes where cuBLASLt splits k.
+  cases.push_back({1, 64, 4096, true, false, 0});
+  cases.push_back({3, 576, 8192, false, false, 0});
+  cases.push_back({2, 4099, 4096, false, true, 0});
+  // x and y off 16-byte alignment.
+  cases.push_back({7, 576, 576, true, false, 1});
+  cases.push_back({64, 4099, 576, false, true, 1});
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaGemmTest, ::testing::ValuesIn(make_cases()),
+                         [](const auto& info) {
+                           const GemmCase& c = info.param;
+                           return "m" + std::to_string(c.m) + "_n" + std::to_string(c.n) + "_k" +
+                                  std::to_string(c.k) + (c.bias ? "_bias" : "") +
+                                  (c.f32_out ? "_f32" : "_bf16") +
+                                  (c.misalign ? "_misaligned" : "");
+                         });
+
+class CudaGemm : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cuda_device_visible()) GTEST_SKIP() << "no CUDA device visible";
+  }
+};
+
+TEST_F(CudaGemm, LinearEntryPointAndPlanCache) {
+  constexpr int64_t kM = 9, kN = 72, kK = 40;
+  const auto x = random_bf16(size_t(kM * kK), 34, -1.0f, 1.0f);
+  const auto w = random_bf16(size_t(kN * kK), 35, -1.0f, 1.0f);
+  const auto b = random_bf16(size_t(kN), 36, -1.0f, 1.0f);
+  DeviceBuffer<uint16_t> dx(x), dw(w), db(b), dy(size_t(kM * kN)), dy2(size_t(kM * kN));
+  Gemm gemm(size_t(4) << 20);
+  EXPECT_EQ(gemm.workspace_bytes(), size_t(4) << 20);
+  const Tensor tx(dx.get(), DType::kBF16, {kM, kK}, Device::kCuda);
+  const Tensor tw(dw.get(), DType::kBF16, {kN, kK}, Device::kCuda);
+  const Tensor tb(db.get(), DType::kBF16, {kN}, Device::kCuda);
+  gemm.linear(tx, tw, tb, Tensor(dy.get(), DType::kBF16, {kM, kN}, Device::kCuda), nullptr);
+  gemm.launch(as_bf16(dx), as_bf16(dw), as_bf16(db), as_bf16(dy2), kM, kN, kK, nullptr);
+  ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+  EXPECT_EQ(dy.download(), dy2.download());
+  EXPECT_EQ(gemm.num_plans(), 1u);  // the same shape, bias and alignment: one plan
+  // Without bias and with another m: new plans.
+  gemm.linear(tx, tw, Tensor(), Tensor(dy.get(), DType::kBF16, {kM, kN}, Device::kCuda), nullptr);
+  gemm.linear(Tensor(dx.get(), DType::kBF16, {kM - 1, kK}, Device::kCuda), tw, tb,
+              Tensor(dy.get(), DType::kBF16, {kM - 1, kN}, Device::kCuda), nullptr);
+  ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+  EXPECT_EQ(gemm.num_plans(), 3u);
+
+  // Zero rows: nothing to do.
+  gemm.linear(Tensor(dx.get(), DType::kBF16, {0, kK}, Device::kCuda), tw, tb,
+              Tensor(dy.get(), DType::kBF16, {0, kN}, Device::kCuda), nullptr);
+  EXPECT_EQ(gemm.num_plans(), 3u);
+}
+
+TEST_F(CudaGemm, LinearRejectsBadArguments) {
+  DeviceBuffer<uint16_t> d(4096);
+  DeviceBuffer<float> df(4096);
+  Gemm gemm(0);
+  const auto t = [&](DType dt, std::initializer_list<int64_t> s, Device dev = Device::kCuda) {
+    return Tensor(dt == DType::kF32 ? static_cast<void*>(df.get()) : d.get(), dt, s, dev);
+  };
+  const auto code_of = [&](const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y) {
+    try {
+      gemm.linear(x, w, b, y, nullptr);
+    } catch (const Error& e) {
+      return int(e.code());
+    }
+    return -1;
+  };
+  const Tensor x = t(DType::kBF16, {4, 16}), w = t(DType::kBF16, {8, 16});
+  const Tensor y = t(DType::kBF16, {4, 8});
+  const int inv = int(ErrorCode::kInvalidArgument), unsup = int(ErrorCode::kUnsupported);
+  EXPECT_EQ(code_of(x, t(DType::kBF16, {8, 15}), Tensor(), y), inv);               // k mismatch
+  EXPECT_EQ(code_of(x, w, Tensor(), t(DType::kBF16, {4, 9})), inv);                // n mismatch
+  EXPECT_EQ(code_of(x, w, t(DType::kF32, {8}), y), inv);                           // bias dtype
+  EXPECT_EQ(code_of(x, w, t(DType::kBF16, {9}), y), inv);                          // bias length
+  EXPECT_EQ(code_of(x, w, Tensor(), t(DType::kBF16, {4, 8}, Device::kCpu)), inv);  // host y
+  EXPECT_EQ(code_of(t(DType::kF16, {4, 16}), t(DType::kF16, {8, 16}), Tensor(), y), unsup);
+  EXPECT_EQ(code_of(x, w, Tensor(), t(DType::kF16, {4, 8})), unsup);
+  // The launcher checks its sizes.
+  EXPECT_THROW(gemm.launch(as_bf16(d), as_bf16(d), static_cast<const __nv_bfloat16*>(nullptr),
+                           as_bf16(d), 4, 8, 0, nullptr),
+               Error);
+}
+
+// Each shape's first call chooses its algorithm; later calls only enqueue work, so they can be
+// captured in a CUDA graph and replayed with the same result.
+TEST_F(CudaGemm, ReplaysInsideCudaGraph) {
+  constexpr int64_t kM = 3, kN = 4099, kK = 576;
+  const auto x = random_bf16(size_t(kM * kK), 37, -1.0f, 1.0f);
+  const auto w = random_bf16(size_t(kN * kK), 38, -1.0f, 1.0f);
+  DeviceBuffer<uint16_t> dx(x), dw(w);
+  DeviceBuffer<float> eager(size_t(kM * kN)), graphed(size_t(kM * kN));
+  Gemm gemm;
+  cudaStream_t stream;
+  ATOM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  gemm.launch(as_bf16(dx), as_bf16(dw), static_cast<const float*>(nullptr), eager.get(), kM, kN, kK,
+              stream);
+  ATOM_CUDA_CHECK(cudaStreamSynchronize(stream));
+
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  ATOM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  gemm.launch(as_bf16(dx), as_bf16(dw), static_cast<const float*>(nullptr), graphed.get(), kM, kN,
+              kK, stream);
+  ATOM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  ATOM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  ATOM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+  ATOM_CUDA_CHECK(cudaStreamSynchronize(stream));
+  EXPECT_EQ(graphed.download(), eager.download());
+  EXPECT_EQ(gemm.num_plans(), 1u);
+  ATOM_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  ATOM_CUDA_CHECK(cudaGraphDestroy(graph));
+  ATOM_CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+}  // namespace
+}  // namespace atom::cuda
