@@ -141,12 +141,15 @@ void PrintTo(const NormCase& c, std::ostream* os) {
   *os << "[" << c.rows << ", " << c.dim << "]" << (c.misalign ? " misaligned" : "");
 }
 
+bool gpu_visible() {
+  int devices = 0;
+  return cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0;
+}
+
 class CudaNormTest : public ::testing::TestWithParam<NormCase> {
  protected:
   void SetUp() override {
-    int devices = 0;
-    ATOM_CUDA_CHECK(cudaGetDeviceCount(&devices));
-    ASSERT_GT(devices, 0);
+    if (!gpu_visible()) GTEST_SKIP() << "no CUDA device visible";
   }
 };
 
@@ -273,6 +276,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaNormTest, ::testing::ValuesIn(make_cases())
                          });
 
 TEST(CudaNorm, EntryPointsRejectBadArguments) {
+  if (!gpu_visible()) GTEST_SKIP() << "no CUDA device visible";
   DeviceBuffer<float> d(64);
   const Tensor x(d.get(), DType::kF32, {4, 16}, Device::kCuda);
   const Tensor w(d.get(), DType::kF32, {16}, Device::kCuda);
