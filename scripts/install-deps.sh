@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  build-essential cmake ninja-build ccache pkg-config git python3 python3-pip
+  build-essential cmake ninja-build ccache pkg-config git python3 python3-pip python3-venv
   nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libfmt-dev libspdlog-dev
   libxxhash-dev libpcre2-dev libgtest-dev libgmock-dev libcurl4-openssl-dev libboost-dev
 )
@@ -17,7 +17,10 @@ done
 if command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1; then
   filtered=()
   for p in "${missing[@]}"; do
-    [[ "$p" == python3 || "$p" == python3-pip ]] || filtered+=("$p")
+    [[ "$p" == python3 || "$p" == python3-pip ]] && continue
+    # python3-venv: only what the end-to-end tests' virtual environment needs.
+    [[ "$p" == python3-venv ]] && python3 -c 'import venv, ensurepip' >/dev/null 2>&1 && continue
+    filtered+=("$p")
   done
   missing=("${filtered[@]}")
 fi

@@ -21,7 +21,7 @@ inline SamplingParams params_with(int64_t max_tokens, bool ignore_eos = false) {
   SamplingParams p;
   p.max_tokens = max_tokens;
   p.ignore_eos = ignore_eos;
-  p.stop_token_ids = {kEos};
+  if (!ignore_eos) p.stop_token_ids = {kEos};  // callers leave EOS out under ignore_eos
   return p;
 }
 

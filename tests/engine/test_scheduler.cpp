@@ -357,6 +357,17 @@ TEST(Scheduler, PostprocessStopConditions) {
     EXPECT_FALSE(a->is_finished());
     EXPECT_EQ(a->output_ids().size(), 1u);
   }
+  {  // ignore_eos ignores EOS only: the request's own stop ids still stop it (vLLM).
+    Harness h;
+    SamplingParams p = params_with(16, /*ignore_eos=*/true);
+    p.stop_token_ids = {99};
+    auto a = make_seq({1, 3, 4, 5}, p);
+    h.sched.add(a);
+    EXPECT_TRUE(h.finish_step(h.sched.schedule(), kEos).empty());
+    EXPECT_EQ(h.finish_step(h.sched.schedule(), 99).size(), 1u);
+    EXPECT_EQ(a->raw_finish_reason, "stop_99");
+    EXPECT_EQ(a->finish_reason, "stop");
+  }
   {  // max_tokens.
     Harness h;
     auto a = make_seq({1, 3, 4, 5}, params_with(2));

@@ -150,7 +150,7 @@ void run_simulation(uint32_t seed, Stats& stats) {
         p.max_tokens = uni(1, 24);
         p.min_tokens = uni(0, 1) ? 0 : uni(0, p.max_tokens);
         p.ignore_eos = uni(0, 7) == 0;
-        p.stop_token_ids = {kEos};
+        if (!p.ignore_eos) p.stop_token_ids = {kEos};
         auto seq = std::make_shared<Sequence>(prompt, p, block_size);
         const int64_t total = seq->num_prompt_tokens + p.max_tokens;
         const bool fits =

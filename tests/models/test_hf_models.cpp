@@ -120,8 +120,7 @@ RequestOutput greedy(Model& model, const Tokenizer& tok, const std::vector<int32
   SamplingParams p;
   p.temperature = 0.0f;
   p.max_tokens = max_tokens;
-  p.ignore_eos = true;
-  p.stop_token_ids = tok.stop_ids();
+  p.ignore_eos = true;  // and no stop ids: the full length, as the goldens
   return engine.generate({ids}, {p})[0];
 }
 

@@ -87,7 +87,7 @@ class LlamaGolden : public ::testing::Test {
     p.temperature = 0.0f;
     p.max_tokens = max_tokens;
     p.ignore_eos = ignore_eos;
-    p.stop_token_ids = tok_->stop_ids();
+    if (!ignore_eos) p.stop_token_ids = tok_->stop_ids();
     return engine.generate({ids}, {p})[0];
   }
 

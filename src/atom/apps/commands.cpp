@@ -195,7 +195,8 @@ Command add_generate(CLI::App& app) {
     const Tokenizer& tok = *m.tokenizer;
     SamplingParams params = o->sampling;
     params.seed = o->seed;
-    params.stop_token_ids = m.stop_ids;  // tokenizer's, plus generation_config.json's
+    // The tokenizer's end ids plus generation_config.json's, unless --ignore-eos.
+    if (!params.ignore_eos) params.stop_token_ids = m.stop_ids;
 
     std::vector<std::vector<int32_t>> prompts;
     for (const std::string& text : texts) {

@@ -38,6 +38,10 @@ void EngineArgs::add_to(CLI::App& app) {
   app.add_option("--cpu-kv-cache-space", cpu_kv_cache_space, "KV cache size on the CPU, GiB")
       ->check(CLI::PositiveNumber);
   app.add_option("--threads", threads, "CPU threads (default: ATOM_NUM_THREADS, else all)");
+  app.add_option("--async-output,--async_output", async_output,
+                 "Deferred output, 1 or 0: the backend runs step N while the host postprocesses "
+                 "N-1 and schedules N+1")
+      ->capture_default_str();
 }
 
 EngineConfig EngineArgs::engine_config() const {
@@ -49,6 +53,7 @@ EngineConfig EngineArgs::engine_config() const {
   c.block_size = block_size;
   c.kv_cache_bytes = size_t(cpu_kv_cache_space * double(size_t(1) << 30));
   c.enable_prefix_caching = enable_prefix_caching;
+  c.async_output = async_output;
   return c;
 }
 

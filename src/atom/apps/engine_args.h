@@ -36,6 +36,7 @@ struct EngineArgs {
   bool enforce_eager = false;       // accepted for ATOM compatibility; the CPU runs eagerly
   double cpu_kv_cache_space = 1.0;  // GiB of KV cache on the CPU backend
   int64_t threads = 0;
+  bool async_output = EngineConfig().async_output;  // deferred output (SPEC 3.4)
 
   void add_to(CLI::App& app);
   EngineConfig engine_config() const;

@@ -1,12 +1,20 @@
 #include "atom/engine/engine_core.h"
 
+#include <omp.h>
+
 #include "atom/core/error.h"
 #include "atom/core/logging.h"
 
 namespace atom {
 
 EngineCore::EngineCore(std::unique_ptr<LLMEngine> engine) : engine_(std::move(engine)) {
-  thread_ = std::thread([this] { loop(); });
+  // omp_set_num_threads (--threads, ATOM_NUM_THREADS) binds only the thread that called it: the
+  // engine thread, which runs the CPU forward, takes the creating thread's setting.
+  const int threads = omp_get_max_threads();
+  thread_ = std::thread([this, threads] {
+    omp_set_num_threads(threads);
+    loop();
+  });
 }
 
 EngineCore::~EngineCore() { shutdown(); }

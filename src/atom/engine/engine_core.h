@@ -1,6 +1,9 @@
 // EngineCore: runs an LLMEngine in its own thread. Requests come in from any thread (the HTTP
 // workers) with a callback that receives the request's outputs step by step; the loop sleeps on
 // a condition variable when there is nothing to do (no busy spin, unlike ATOM's busy_loop).
+// With deferred output (EngineConfig::async_output) each step() hands the outputs of the step
+// before to the callbacks while the backend runs the next one; the loop keeps stepping until
+// no step is in flight, so shutdown and a failing step (drained by LLMEngine) never hang.
 #pragma once
 
 #include <atomic>

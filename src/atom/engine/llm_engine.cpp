@@ -68,7 +68,9 @@ int64_t LLMEngine::add_request(std::vector<int32_t> prompt, SamplingParams param
   return rid;
 }
 
-bool LLMEngine::has_unfinished() const { return !requests_.empty() || !aborted_.empty(); }
+bool LLMEngine::has_unfinished() const {
+  return !requests_.empty() || !aborted_.empty() || !inflight_.empty();
+}
 
 bool LLMEngine::abort(int64_t request_id) {
   auto it = requests_.find(request_id);
@@ -101,32 +103,37 @@ RequestOutput LLMEngine::finish_output(Request& r) {
   return o;
 }
 
-std::vector<RequestOutput> LLMEngine::step() {
-  std::vector<RequestOutput> outputs = std::move(aborted_);
-  aborted_.clear();
-  const SchedulerOutput sched = scheduler_.schedule();
-  if (sched.empty()) return outputs;
-
+std::vector<StepSeq> LLMEngine::make_steps(const SchedulerOutput& sched) const {
   std::vector<StepSeq> steps;
   steps.reserve(sched.seqs.size());
   for (const ScheduledSeq& ss : sched.seqs) {
     const Sequence& s = *ss.seq;
-    steps.push_back(StepSeq{s.id(), s.token_ids, s.num_prompt_tokens, s.num_computed_tokens,
-                            ss.num_new_tokens, s.block_table, ss.needs_sample, &s.params});
+    // At schedule time only the previous step can still be computing a token of s: its last.
+    ATOM_ASSERT(s.num_placeholder_tokens <= 1);
+    steps.push_back(StepSeq{s.id(), s.token_ids, s.num_prompt_tokens, s.num_scheduled_tokens(),
+                            ss.num_new_tokens, s.block_table, ss.needs_sample, &s.params,
+                            s.num_placeholder_tokens > 0});
   }
-  const std::vector<int32_t> sampled = runner_.execute(steps);
-  scheduler_.postprocess(sched, sampled);
+  return steps;
+}
 
+void LLMEngine::emit_outputs(const SchedulerOutput& sched, std::span<const int32_t> sampled,
+                             std::vector<RequestOutput>& outputs) {
   size_t k = 0;
   for (const ScheduledSeq& ss : sched.seqs) {
     if (!ss.needs_sample) continue;
     const int32_t token = sampled[k++];
     Sequence& s = *ss.seq;
     auto it = requests_.find(s.id());
+    // Gone: aborted, or (deferred output) finished by the step before, so this token is dropped.
     if (it == requests_.end()) continue;
     Request& r = it->second;
-    const bool check_stop = s.num_output_tokens() >= s.params.min_tokens;
-    if (r.text->push(token, check_stop) && !s.is_finished())
+    const bool check_stop = s.num_final_output_tokens() >= s.params.min_tokens;
+    // A stop token (EOS or a stop id) ends the output without adding its text, as in vLLM; it
+    // still counts as a generated token.
+    const bool by_stop_token = s.is_finished() && s.finish_reason == "stop" &&
+                               s.raw_finish_reason != "stop_sequence";
+    if (!by_stop_token && r.text->push(token, check_stop) && !s.is_finished())
       scheduler_.finish(s.id(), "stop", "stop_sequence");
     if (s.is_finished()) {
       RequestOutput o = finish_output(r);
@@ -142,6 +149,64 @@ std::vector<RequestOutput> LLMEngine::step() {
       outputs.push_back(std::move(o));
     }
   }
+}
+
+void LLMEngine::step_sync(std::vector<RequestOutput>& outputs) {
+  const SchedulerOutput sched = scheduler_.schedule();
+  if (sched.empty()) return;
+  const std::vector<int32_t> sampled = runner_.execute(make_steps(sched));
+  scheduler_.postprocess(sched, sampled);
+  emit_outputs(sched, sampled, outputs);
+}
+
+void LLMEngine::step_async(std::vector<RequestOutput>& outputs) {
+  // Plan and start step N; the runner takes the ids of N-1 (still running) from its record.
+  SchedulerOutput sched = scheduler_.schedule();
+  const bool submitted = !sched.empty();
+  if (submitted) {
+    runner_.submit(make_steps(sched));
+    scheduler_.mark_in_flight(sched);
+    inflight_.push_back(std::move(sched));
+  }
+  // Postprocess N-1 while N runs; when nothing new could start (idle, or every running
+  // sequence waits for its in-flight last token), drain the step in flight.
+  if (inflight_.empty() || (submitted && inflight_.size() < 2)) return;
+  std::vector<int32_t> sampled;
+  try {
+    sampled = runner_.collect();
+  } catch (...) {
+    drain_after_failure();
+    throw;
+  }
+  const SchedulerOutput done = std::move(inflight_.front());
+  inflight_.pop_front();
+  scheduler_.postprocess(done, sampled);
+  emit_outputs(done, sampled, outputs);
+}
+
+void LLMEngine::drain_after_failure() {
+  // The failed step was the oldest; later ones may have read its ids, so none of them counts.
+  for (size_t i = 1; i < inflight_.size(); ++i) {
+    try {
+      runner_.collect();
+    } catch (...) {  // the first failure is the one reported
+    }
+  }
+  for (const SchedulerOutput& out : inflight_) scheduler_.cancel_in_flight(out);
+  inflight_.clear();
+}
+
+std::vector<RequestOutput> LLMEngine::step() {
+  // Abort reports are taken only after the step succeeded: a failing step loses none of them.
+  std::vector<RequestOutput> stepped;
+  if (config_.async_output)
+    step_async(stepped);
+  else
+    step_sync(stepped);
+  std::vector<RequestOutput> outputs = std::move(aborted_);
+  aborted_.clear();
+  outputs.insert(outputs.end(), std::make_move_iterator(stepped.begin()),
+                 std::make_move_iterator(stepped.end()));
   return outputs;
 }
 
@@ -167,6 +232,9 @@ std::vector<RequestOutput> LLMEngine::generate(const std::vector<std::vector<int
       if (progress) std::fprintf(stderr, "\r[atom] generate: %zu/%zu requests", done, prompts.size());
     }
   }
+  // Deferred output: the last step may still compute a token for a request that finished; with
+  // nothing else to do, collect it so the engine is idle (blocks free) when generate returns.
+  while (requests_.empty() && aborted_.empty() && !inflight_.empty()) step();
   if (progress) std::fprintf(stderr, "\n");
   return results;
 }

@@ -55,6 +55,14 @@ void Scheduler::add(SequencePtr seq) {
   waiting_.push_back(std::move(seq));
 }
 
+namespace {
+// Deferred output: the token in flight is the sequence's last one (max_tokens), so there is
+// nothing to compute for it; scheduling it would only produce a token to discard.
+bool last_token_in_flight_is_final(const Sequence& seq) {
+  return seq.num_placeholder_tokens > 0 && seq.num_output_tokens() >= seq.params.max_tokens;
+}
+}  // namespace
+
 SchedulerOutput Scheduler::schedule() {
   return config_.chunked_prefill ? schedule_chunked() : schedule_prefill_first();
 }
@@ -63,9 +71,13 @@ void Scheduler::preempt_last(SchedulerOutput& out) {
   ATOM_ASSERT(!running_.empty());
   SequencePtr victim = std::move(running_.back());
   running_.pop_back();
+  // Freed now even when a submitted step still computes the victim's in-flight token: runners
+  // execute steps in submission order, so a later step that reuses these blocks writes them
+  // only after that step is done with them.
   blocks_.deallocate(*victim);
   victim->status = SequenceStatus::kWaiting;
   victim->num_computed_tokens = 0;
+  victim->num_inflight_tokens = 0;  // recomputed after readmission
   ++victim->num_preemptions;
   ++num_preemptions_;
   // Victims go newest first, each to the front: the waiting queue keeps admission order.
@@ -93,9 +105,9 @@ SchedulerOutput Scheduler::schedule_chunked() {
   // running, so it never takes a sequence already scheduled this step.
   for (size_t i = 0; i < running_.size(); ++i) {
     SequencePtr seq = running_[i];
-    const int64_t remaining = seq->num_tokens() - seq->num_computed_tokens;
+    const int64_t remaining = seq->num_tokens() - seq->num_scheduled_tokens();
     ATOM_ASSERT(remaining >= 1);
-    if (remaining != 1) continue;
+    if (remaining != 1 || last_token_in_flight_is_final(*seq)) continue;
     if (budget < 1 || num_scheduled() >= config_.max_num_seqs) break;
     if (!make_room_for_decode(seq, out)) break;  // it was the last one and went itself
     out.seqs.push_back({seq, 1, true});
@@ -104,7 +116,7 @@ SchedulerOutput Scheduler::schedule_chunked() {
 
   // 2. Prompt chunks of running sequences (their blocks were allocated at admission).
   for (const SequencePtr& seq : running_) {
-    const int64_t remaining = seq->num_tokens() - seq->num_computed_tokens;
+    const int64_t remaining = seq->num_tokens() - seq->num_scheduled_tokens();
     if (remaining <= 1) continue;
     if (budget < 1 || num_scheduled() >= config_.max_num_seqs) break;
     const int64_t n = std::min(remaining, budget);
@@ -117,7 +129,10 @@ SchedulerOutput Scheduler::schedule_chunked() {
   const bool admit = out.preempted.empty() || (out.seqs.empty() && prefills.empty());
   while (admit && !waiting_.empty() && budget >= 1 && num_scheduled() < config_.max_num_seqs) {
     SequencePtr seq = waiting_.front();
-    if (!blocks_.can_allocate(*seq)) break;  // the head waits for blocks; nobody overtakes it
+    // The head waits for blocks; nobody overtakes it. Nor is a sequence readmitted while a step
+    // still computes for it (that step's bookkeeping belongs to the old admission); today a
+    // sequence preempted in this call could not fit again anyway, so this is only a guard.
+    if (seq->num_inflight_steps > 0 || !blocks_.can_allocate(*seq)) break;
     blocks_.allocate(*seq);  // prefix hits set num_computed_tokens before the budget applies
     if (seq->num_preemptions == 0) seq->num_prompt_cached_tokens = seq->num_cached_tokens;
     waiting_.pop_front();
@@ -142,6 +157,7 @@ SchedulerOutput Scheduler::schedule_prefill_first() {
   // Prefill-only step: whole prompts, FIFO, the head blocks everyone behind it.
   while (!waiting_.empty() && int64_t(out.seqs.size()) < config_.max_num_seqs) {
     SequencePtr seq = waiting_.front();
+    if (seq->num_inflight_steps > 0) break;  // as in schedule_chunked: a guard
     const int64_t n = seq->num_tokens() - blocks_.peek_cached_tokens(*seq);
     if (n > budget || !blocks_.can_allocate(*seq)) break;
     blocks_.allocate(*seq);
@@ -161,7 +177,8 @@ SchedulerOutput Scheduler::schedule_prefill_first() {
   // Decode-only step.
   for (size_t i = 0; i < running_.size(); ++i) {
     SequencePtr seq = running_[i];
-    ATOM_ASSERT(seq->num_tokens() - seq->num_computed_tokens == 1);
+    ATOM_ASSERT(seq->num_tokens() - seq->num_scheduled_tokens() == 1);
+    if (last_token_in_flight_is_final(*seq)) continue;
     if (budget < 1 || int64_t(out.seqs.size()) >= config_.max_num_seqs) break;
     if (!make_room_for_decode(seq, out)) break;
     out.seqs.push_back({seq, 1, true});
@@ -173,8 +190,10 @@ SchedulerOutput Scheduler::schedule_prefill_first() {
 
 bool Scheduler::check_stop(Sequence& seq, int32_t token) const {
   const SamplingParams& p = seq.params;
-  if (!p.ignore_eos && seq.num_output_tokens() >= p.min_tokens) {
-    if (config_.eos_token_id >= 0 && token == config_.eos_token_id) {
+  // ignore_eos ignores the model's EOS only: the caller's stop ids still stop (as in vLLM; the
+  // callers leave the model's other end-of-turn ids out of stop_token_ids under ignore_eos).
+  if (seq.num_final_output_tokens() >= p.min_tokens) {
+    if (!p.ignore_eos && config_.eos_token_id >= 0 && token == config_.eos_token_id) {
       seq.finish_reason = "stop";
       seq.raw_finish_reason = "eos";
       return true;
@@ -186,7 +205,7 @@ bool Scheduler::check_stop(Sequence& seq, int32_t token) const {
       return true;
     }
   }
-  if (seq.num_output_tokens() >= p.max_tokens) {
+  if (seq.num_final_output_tokens() >= p.max_tokens) {
     seq.finish_reason = "length";
     seq.raw_finish_reason = "max_tokens";
     return true;
@@ -199,13 +218,59 @@ void Scheduler::finish_sequence(Sequence& seq, std::string reason, std::string r
   seq.finish_reason = std::move(reason);
   seq.raw_finish_reason = std::move(raw_reason);
   seq.finish_time = Sequence::Clock::now();
-  if (!seq.block_table.empty()) blocks_.deallocate(seq);
+  // Tokens still in flight are never reported: their placeholders go now, their ids later.
+  seq.token_ids.resize(seq.token_ids.size() - size_t(seq.num_placeholder_tokens));
+  seq.num_placeholder_tokens = 0;
+  seq.num_inflight_tokens = 0;
+  free_if_idle(seq);
   auto is_it = [&seq](const SequencePtr& p) { return p.get() == &seq; };
   if (auto it = std::find_if(running_.begin(), running_.end(), is_it); it != running_.end())
     running_.erase(it);
   else if (auto wit = std::find_if(waiting_.begin(), waiting_.end(), is_it); wit != waiting_.end())
     waiting_.erase(wit);
   unfinished_.erase(seq.id());
+}
+
+void Scheduler::free_if_idle(Sequence& seq) {
+  if (seq.num_inflight_steps == 0 && !seq.block_table.empty()) blocks_.deallocate(seq);
+}
+
+void Scheduler::mark_in_flight(SchedulerOutput& out) {
+  ATOM_ASSERT(!out.in_flight);
+  out.in_flight = true;
+  for (const ScheduledSeq& s : out.seqs) {
+    Sequence& seq = *s.seq;
+    ATOM_ASSERT(seq.status == SequenceStatus::kRunning);
+    seq.num_inflight_tokens += s.num_new_tokens;
+    ++seq.num_inflight_steps;
+    if (s.needs_sample) {
+      ATOM_ASSERT(seq.num_scheduled_tokens() == seq.num_tokens());
+      seq.append_token(Sequence::kPlaceholderToken);
+      ++seq.num_placeholder_tokens;
+    }
+  }
+}
+
+void Scheduler::cancel_in_flight(const SchedulerOutput& out) {
+  ATOM_ASSERT(out.in_flight);
+  for (const ScheduledSeq& s : out.seqs) {
+    Sequence& seq = *s.seq;
+    ATOM_ASSERT(seq.num_inflight_steps > 0);
+    --seq.num_inflight_steps;
+    if (seq.is_finished()) {  // its placeholders went at the finish
+      free_if_idle(seq);
+      continue;
+    }
+    // A preempted sequence had its in-flight count reset then.
+    if (seq.status == SequenceStatus::kRunning) seq.num_inflight_tokens -= s.num_new_tokens;
+    ATOM_ASSERT(seq.num_inflight_tokens >= 0);
+    if (s.needs_sample) {
+      ATOM_ASSERT(seq.num_placeholder_tokens > 0 &&
+                  seq.token_ids.back() == Sequence::kPlaceholderToken);
+      seq.token_ids.pop_back();
+      --seq.num_placeholder_tokens;
+    }
+  }
 }
 
 std::vector<SequencePtr> Scheduler::postprocess(const SchedulerOutput& out,
@@ -218,13 +283,42 @@ std::vector<SequencePtr> Scheduler::postprocess(const SchedulerOutput& out,
   for (const ScheduledSeq& s : out.seqs) {
     const int32_t token = s.needs_sample ? sampled[k++] : -1;
     Sequence& seq = *s.seq;
-    if (seq.status != SequenceStatus::kRunning) continue;  // finished from outside meanwhile
-    seq.num_computed_tokens += s.num_new_tokens;
-    ATOM_ASSERT(seq.num_computed_tokens <= seq.num_tokens());
-    blocks_.cache_full_blocks(seq);
-    if (!s.needs_sample) continue;
-    ATOM_ASSERT(seq.num_computed_tokens == seq.num_tokens());
-    seq.append_token(token);
+    if (out.in_flight) {
+      ATOM_ASSERT(seq.num_inflight_steps > 0);
+      --seq.num_inflight_steps;
+      if (seq.is_finished()) {  // found finished after this step was submitted: drop its token
+        free_if_idle(seq);
+        continue;
+      }
+      // A sequence preempted since the submission recomputes these tokens after readmission,
+      // but the token the step sampled for it is real and stays.
+      const bool running = seq.status == SequenceStatus::kRunning;
+      if (running) {
+        seq.num_inflight_tokens -= s.num_new_tokens;
+        seq.num_computed_tokens += s.num_new_tokens;
+        ATOM_ASSERT(seq.num_inflight_tokens >= 0);
+      }
+      if (s.needs_sample) {
+        ATOM_ASSERT(seq.num_placeholder_tokens > 0);
+        const int64_t at = seq.num_tokens() - seq.num_placeholder_tokens;
+        ATOM_ASSERT(seq.token_ids[size_t(at)] == Sequence::kPlaceholderToken);
+        ATOM_ASSERT(!running || seq.num_computed_tokens == at);
+        seq.token_ids[size_t(at)] = token;
+        --seq.num_placeholder_tokens;
+      }
+      // Every computed token is final now: its id came back with an earlier step.
+      ATOM_ASSERT(seq.num_computed_tokens <= seq.num_tokens() - seq.num_placeholder_tokens);
+      if (running) blocks_.cache_full_blocks(seq);
+      if (!s.needs_sample) continue;
+    } else {
+      if (seq.status != SequenceStatus::kRunning) continue;  // finished from outside meanwhile
+      seq.num_computed_tokens += s.num_new_tokens;
+      ATOM_ASSERT(seq.num_computed_tokens <= seq.num_tokens());
+      blocks_.cache_full_blocks(seq);
+      if (!s.needs_sample) continue;
+      ATOM_ASSERT(seq.num_computed_tokens == seq.num_tokens());
+      seq.append_token(token);
+    }
     if (!seq.has_first_token()) seq.first_token_time = Sequence::Clock::now();
     if (check_stop(seq, token)) {
       finish_sequence(seq, seq.finish_reason, seq.raw_finish_reason);

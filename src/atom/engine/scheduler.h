@@ -7,6 +7,14 @@
 // block and none is free, the most recently admitted running sequence is preempted (its blocks
 // freed, recomputed later from the front of the waiting queue). With chunked_prefill = false the
 // scheduler reproduces ATOM's policy: a step is either whole-prompt prefills only or decodes only.
+//
+// Deferred output (ATOM's, SPEC 3.4): the engine may submit step N to the runner and schedule
+// N+1 before N's sampled ids are back. mark_in_flight(N) counts N's tokens as being computed and
+// appends a placeholder for each token N samples, so N+1 is planned (positions, blocks) as if N
+// were done; postprocess(N) later writes the real ids over the placeholders, in step order. A
+// sequence found finished by postprocess(N-1) may already be in N: N's token for it is dropped,
+// and its blocks are freed once no submitted step uses them. Prefix-cache hashes cover computed
+// tokens only, which are final by the time their step is postprocessed.
 #pragma once
 
 #include <cstdint>
@@ -33,7 +41,7 @@ struct SchedulerConfig {
 
 struct ScheduledSeq {
   SequencePtr seq;
-  int64_t num_new_tokens;  // compute tokens [seq->num_computed_tokens, + num_new_tokens)
+  int64_t num_new_tokens;  // compute tokens [seq->num_scheduled_tokens(), + num_new_tokens)
   bool needs_sample;       // this step reaches the end of the sequence's known tokens -> sample one
 };
 
@@ -41,6 +49,7 @@ struct SchedulerOutput {
   std::vector<ScheduledSeq> seqs;  // decodes first, then prefills (chunked)
   int64_t num_batched_tokens = 0;
   std::vector<SequencePtr> preempted;  // sent back to waiting this step (recompute)
+  bool in_flight = false;              // set by Scheduler::mark_in_flight (deferred output)
   bool empty() const { return seqs.empty(); }
   int64_t num_samples() const;  // entries with needs_sample: the size postprocess expects
 };
@@ -55,19 +64,32 @@ class Scheduler {
   // it into HTTP 400).
   void add(SequencePtr seq);
   // May return an empty output while has_unfinished() (every running sequence was preempted and
-  // nothing could be admitted in the same step): call it again.
+  // nothing could be admitted in the same step, or, with deferred output, every running sequence
+  // waits for its in-flight last token): postprocess what is in flight and call it again.
   SchedulerOutput schedule();
+  // Deferred output: `out` was submitted to the runner and its sampled ids come later. Each
+  // scheduled sequence counts its new tokens as in flight, and one that samples gets a
+  // placeholder token (Sequence::kPlaceholderToken), so the next schedule() plans past it.
+  void mark_in_flight(SchedulerOutput& out);
+  // Deferred output: the runner failed, so the results of every in-flight step are lost; call it
+  // for each of them (any order). Undoes mark_in_flight: placeholders and in-flight counts go,
+  // and finished sequences waiting for these steps free their blocks.
+  void cancel_in_flight(const SchedulerOutput& out);
   // After the step ran: num_computed_tokens += num_new_tokens for each scheduled seq, then
-  // cache_full_blocks; for each seq with needs_sample (in order), append sampled[i], set first
-  // token time, and check stop conditions in ATOM's order but with OpenAI reasons: EOS (the
-  // seq's stop ids from params.stop_token_ids plus config.eos_token_id; skipped with ignore_eos;
-  // not before min_tokens) -> "stop", max_tokens -> "length". Finished sequences free their
-  // blocks and leave running. A sequence finished from outside since schedule() is skipped (its
-  // sampled entry still counts). Returns the sequences that finished in this step.
+  // cache_full_blocks; for each seq with needs_sample (in order), append sampled[i] (in flight:
+  // write it over the oldest placeholder), set first token time, and check stop conditions in
+  // ATOM's order but with OpenAI reasons: EOS (config.eos_token_id, skipped with ignore_eos)
+  // or one of params.stop_token_ids (always), not before min_tokens -> "stop",
+  // max_tokens -> "length". Finished sequences free their blocks (once no in-flight step uses
+  // them) and leave running. A sequence finished from outside since schedule() is skipped (its
+  // sampled entry still counts); one preempted since an in-flight step was submitted keeps the
+  // token that step sampled. Steps marked in flight must be postprocessed in submission order.
+  // Returns the sequences that finished in this step.
   std::vector<SequencePtr> postprocess(const SchedulerOutput& out,
                                        std::span<const int32_t> sampled);
   // Stop a sequence from outside (stop string matched by the engine, client abort): frees its
-  // blocks wherever it is (waiting or running). Returns false for an unknown/finished id.
+  // blocks wherever it is (waiting or running; after its in-flight steps if it has any) and
+  // drops its placeholders. Returns false for an unknown/finished id.
   bool finish(int64_t seq_id, std::string finish_reason, std::string raw_reason);
   bool abort(int64_t seq_id) { return finish(seq_id, "abort", "abort"); }
 
@@ -91,6 +113,8 @@ class Scheduler {
   // Applies the stop conditions to a sequence that just got a token; sets the reasons.
   bool check_stop(Sequence& seq, int32_t token) const;
   void finish_sequence(Sequence& seq, std::string reason, std::string raw_reason);
+  // A finished sequence's blocks go back once no in-flight step uses them.
+  void free_if_idle(Sequence& seq);
 
   SchedulerConfig config_;
   BlockManager& blocks_;

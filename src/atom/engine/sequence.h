@@ -21,6 +21,9 @@ const char* sequence_status_name(SequenceStatus status);
 class Sequence {
  public:
   using Clock = std::chrono::steady_clock;
+  // Host-side value of a token an in-flight step samples: never a valid id, so one that leaked
+  // into a forward or a report would be caught.
+  static constexpr int32_t kPlaceholderToken = -1;
 
   // id < 0: take the next id of a process-wide counter (reset_id_counter() for tests).
   Sequence(std::vector<int32_t> prompt, SamplingParams params, int64_t block_size, int64_t id = -1);
@@ -40,6 +43,17 @@ class Sequence {
   // so the usage report (cached prompt tokens) can read it after the request finished.
   int64_t num_prompt_cached_tokens = 0;
   int64_t num_preemptions = 0;         // times it was sent back to waiting (recompute)
+  // Deferred output (EngineConfig::async_output): the runner works one step ahead of the host.
+  // Tokens whose K/V a submitted, not yet postprocessed step computes; the scheduler plans from
+  // num_computed_tokens + num_inflight_tokens. 0 in the synchronous path.
+  int64_t num_inflight_tokens = 0;
+  // Trailing entries of token_ids that hold kPlaceholderToken for tokens in-flight steps sample;
+  // postprocess overwrites them in step order. Counting them keeps block allocation and
+  // positions right while the real ids are still on the backend.
+  int64_t num_placeholder_tokens = 0;
+  // Submitted steps that include this sequence and are not yet postprocessed (at most 2). Its
+  // blocks outlive a finish until it is 0, and it is not readmitted after a preemption before.
+  int64_t num_inflight_steps = 0;
   std::vector<int32_t> block_table;    // physical block ids, one per logical block
   std::vector<uint64_t> block_hashes;  // chained hashes of the full, computed leading blocks
   SamplingParams params;
@@ -52,8 +66,12 @@ class Sequence {
 
   int64_t num_tokens() const { return int64_t(token_ids.size()); }
   int64_t num_output_tokens() const { return num_tokens() - num_prompt_tokens; }
+  // Generated tokens already known on the host: output minus the placeholders.
+  int64_t num_final_output_tokens() const { return num_output_tokens() - num_placeholder_tokens; }
+  // Tokens whose K/V are computed or being computed: where the next step starts.
+  int64_t num_scheduled_tokens() const { return num_computed_tokens + num_inflight_tokens; }
   std::span<const int32_t> prompt_ids() const;
-  std::span<const int32_t> output_ids() const;
+  std::span<const int32_t> output_ids() const;  // ends with the placeholders, if any
   int32_t last_token() const;
   int64_t num_blocks() const;             // ceil(num_tokens / bs)
   int64_t last_block_num_tokens() const;  // tokens in the last logical block, in [1, bs]

@@ -1,5 +1,7 @@
 #include "atom/runner/model_runner.h"
 
+#include <omp.h>
+
 #include <algorithm>
 
 #include "atom/core/error.h"
@@ -11,10 +13,20 @@ ModelRunner::ModelRunner(Model& model, int64_t num_blocks, int64_t block_size)
       kv_(model.config().num_hidden_layers, num_blocks, block_size,
           model.config().num_key_value_heads, model.config().head_dim) {}
 
+ModelRunner::~ModelRunner() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  work_cv_.notify_one();
+  if (worker_.joinable()) worker_.join();
+}
+
 int64_t ModelRunner::num_blocks_for_bytes(const ModelConfig& cfg, size_t bytes,
                                           int64_t block_size) {
-  const size_t per_block = size_t(2 * cfg.num_hidden_layers * block_size *
-                                  cfg.num_key_value_heads * cfg.head_dim) * sizeof(float);
+  const size_t per_block =
+      size_t(2 * cfg.num_hidden_layers * block_size * cfg.num_key_value_heads * cfg.head_dim) *
+      sizeof(float);
   return int64_t(bytes / per_block);
 }
 
@@ -42,27 +54,147 @@ ForwardBatch ModelRunner::plan(std::span<const StepSeq> seqs) const {
   return b;
 }
 
-std::vector<int32_t> ModelRunner::execute(std::span<const StepSeq> seqs) {
-  if (seqs.empty()) return {};
-  const ForwardBatch batch = plan(seqs);
-  model_.forward(batch, kv_, logits_);
-  const int64_t vocab = model_.config().vocab_size;
-  std::vector<int32_t> sampled;
-  size_t row = 0;
-  for (const StepSeq& s : seqs) {
+ModelRunner::Job ModelRunner::make_job(std::span<const StepSeq> seqs) {
+  Job job;
+  job.batch = plan(seqs);
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const StepSeq& s = seqs[i];
+    if (s.last_token_in_flight) {
+      // The placeholder is the last token; gather it if this step reads it.
+      const int64_t pos = int64_t(s.token_ids.size()) - 1;
+      if (pos >= s.start && pos < s.start + s.count)
+        job.gathers.emplace_back(size_t(job.batch.cu_seqlens_q[i] + (pos - s.start)), s.seq_id);
+    }
     if (!s.sample) continue;
+    Job::Sample& smp = job.samples.emplace_back();
+    smp.seq_id = s.seq_id;
+    if (known_.insert(s.seq_id).second) {
+      ATOM_CHECK(s.params != nullptr, kInvalidArgument,
+                 "sequence {} samples for the first time without sampling parameters", s.seq_id);
+      smp.params = *s.params;
+    }
+    smp.tokens.assign(s.token_ids.begin(), s.token_ids.end());
+    smp.num_prompt_tokens = s.num_prompt_tokens;
+    smp.last_token_in_flight = s.last_token_in_flight;
+  }
+  return job;
+}
+
+std::vector<int32_t> ModelRunner::run(Job& job) {
+  if (job.num_threads > 0 && omp_get_max_threads() != job.num_threads)
+    omp_set_num_threads(job.num_threads);
+  // Samplers first, so a step failing below leaves them as the host's known_ set says.
+  for (const Job::Sample& s : job.samples)
+    if (s.params) samplers_.try_emplace(s.seq_id, *s.params);
+  auto last_sampled = [this](int64_t seq_id) {
+    auto it = last_sampled_.find(seq_id);
+    ATOM_CHECK(it != last_sampled_.end(), kInternal,
+               "sequence {} has a token in flight but no step sampled one for it", seq_id);
+    return it->second;
+  };
+  // The device-side gather: inputs the host only knew as placeholders.
+  for (const auto& [row, seq_id] : job.gathers) job.batch.token_ids[row] = last_sampled(seq_id);
+  const int64_t vocab = model_.config().vocab_size;
+  for (int32_t id : job.batch.token_ids)
+    ATOM_CHECK(id >= 0 && id < vocab, kInternal, "input token id {} outside the vocabulary ({})",
+               id, vocab);
+  model_.forward(job.batch, kv_, logits_);
+  std::vector<int32_t> sampled;
+  sampled.reserve(job.samples.size());
+  for (size_t row = 0; row < job.samples.size(); ++row) {
+    Job::Sample& s = job.samples[row];
     auto it = samplers_.find(s.seq_id);
-    if (it == samplers_.end()) it = samplers_.emplace(s.seq_id, Sampler(*s.params)).first;
+    ATOM_ASSERT(it != samplers_.end());
+    if (s.last_token_in_flight) s.tokens.back() = last_sampled(s.seq_id);
     float* logits = logits_.data() + row * size_t(vocab);
-    const auto prompt = s.token_ids.first(size_t(s.num_prompt_tokens));
-    const auto output = s.token_ids.subspan(size_t(s.num_prompt_tokens));
+    const std::span<const int32_t> all(s.tokens);
+    const auto prompt = all.first(size_t(s.num_prompt_tokens));
+    const auto output = all.subspan(size_t(s.num_prompt_tokens));
     it->second.apply_penalties(logits, vocab, prompt, output);
     sampled.push_back(it->second.sample(logits, vocab));
-    ++row;
   }
+  // After every row: a row's input above must read the previous step's id, not this one's.
+  for (size_t row = 0; row < job.samples.size(); ++row)
+    last_sampled_[job.samples[row].seq_id] = sampled[row];
   return sampled;
 }
 
-void ModelRunner::release(int64_t seq_id) { samplers_.erase(seq_id); }
+std::vector<int32_t> ModelRunner::execute(std::span<const StepSeq> seqs) {
+  ATOM_CHECK(num_in_flight() == 0, kInternal,
+             "execute() with {} submitted steps not collected: collect them first",
+             num_in_flight());
+  if (seqs.empty()) return {};
+  for (const StepSeq& s : seqs)
+    ATOM_CHECK(!s.last_token_in_flight, kInvalidArgument,
+               "sequence {} has a token in flight: only submit() can run it", s.seq_id);
+  Job job = make_job(seqs);
+  return run(job);
+}
+
+void ModelRunner::submit(std::span<const StepSeq> seqs) {
+  Job job = make_job(seqs);
+  job.num_threads = omp_get_max_threads();  // the worker runs with the caller's setting
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.push_back(std::move(job));
+    ++num_submitted_;
+  }
+  if (!worker_.joinable()) worker_ = std::thread([this] { worker_loop(); });
+  work_cv_.notify_one();
+}
+
+std::vector<int32_t> ModelRunner::collect() {
+  ATOM_CHECK(num_in_flight() > 0, kInternal, "collect() with no step in flight");
+  Result r;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    done_cv_.wait(lock, [this] { return !results_.empty(); });
+    r = std::move(results_.front());
+    results_.pop_front();
+  }
+  ++num_collected_;
+  if (r.error) std::rethrow_exception(r.error);
+  return std::move(r.sampled);
+}
+
+void ModelRunner::worker_loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    work_cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+    if (stop_) return;
+    Job job = std::move(queue_.front());
+    queue_.pop_front();
+    lock.unlock();
+    Result r;
+    try {
+      r.sampled = run(job);
+    } catch (...) {
+      r.error = std::current_exception();
+    }
+    lock.lock();
+    ++num_run_;
+    std::erase_if(pending_releases_, [this](const std::pair<int64_t, int64_t>& p) {
+      if (p.first > num_run_) return false;
+      forget(p.second);
+      return true;
+    });
+    results_.push_back(std::move(r));
+    done_cv_.notify_one();
+  }
+}
+
+void ModelRunner::forget(int64_t seq_id) {
+  samplers_.erase(seq_id);
+  last_sampled_.erase(seq_id);
+}
+
+void ModelRunner::release(int64_t seq_id) {
+  known_.erase(seq_id);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (num_run_ < num_submitted_)
+    pending_releases_.emplace_back(num_submitted_, seq_id);  // after the last submitted step
+  else
+    forget(seq_id);  // the worker is idle: nothing runs that could use it
+}
 
 }  // namespace atom

@@ -67,7 +67,9 @@ void Sampler::apply_penalties(float* logits, int64_t vocab, std::span<const int3
       counts_[size_t(id)] = 0;  // once per distinct token
     }
   }
-  if (!params_.ignore_eos && int64_t(output.size()) < params_.min_tokens) {
+  // The stop ids in force (the caller leaves the model's EOS ids out under ignore_eos) may not
+  // end the output before min_tokens.
+  if (int64_t(output.size()) < params_.min_tokens) {
     for (int32_t id : params_.stop_token_ids)
       if (in_vocab(id)) logits[id] = -std::numeric_limits<float>::infinity();
   }

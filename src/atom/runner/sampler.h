@@ -27,8 +27,10 @@ struct SamplingParams {
   // Stopping.
   int64_t max_tokens = 16;
   int64_t min_tokens = 0;                // no EOS / stop id / stop string before this many
-  bool ignore_eos = false;               // keep going past EOS and stop ids
-  std::vector<int32_t> stop_token_ids;   // EOS and the model's other end ids, plus the caller's
+  bool ignore_eos = false;               // keep going past the model's EOS (stop_token_ids and
+                                         // stop strings still apply, as in vLLM)
+  // The caller's stop ids plus, unless ignore_eos, the model's EOS and other end-of-turn ids.
+  std::vector<int32_t> stop_token_ids;
   std::vector<std::string> stop;         // stop strings, matched on the text, not returned
   bool skip_special_tokens = true;       // detokenization of the output
 
@@ -44,7 +46,7 @@ class Sampler {
   int32_t sample(const float* logits, int64_t vocab_size);
   // The logits processors, in place, before sample(): repetition penalty over prompt + output,
   // frequency and presence penalties over the output, and min_tokens (stop ids masked to -inf
-  // while fewer than min_tokens tokens were generated, unless ignore_eos).
+  // while fewer than min_tokens tokens were generated).
   void apply_penalties(float* logits, int64_t vocab_size, std::span<const int32_t> prompt,
                        std::span<const int32_t> output);
   const SamplingParams& params() const { return params_; }

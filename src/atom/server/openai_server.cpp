@@ -99,13 +99,14 @@ struct OpenAiServer::Job {
     ojson ch;
     ch["index"] = index;
     if (chat) {
-      ch["delta"] = text.empty() && !finish.is_null() ? ojson::object() : ojson{{"content", text}};
+      // Even the EOS token's empty delta says "content", as vLLM sends it.
+      ch["delta"] = {{"content", text}};
     } else {
       ch["text"] = text;
     }
     ch["logprobs"] = nullptr;
     ch["finish_reason"] = finish;
-    if (!finish.is_null()) ch["stop_reason"] = stop;
+    ch["stop_reason"] = finish.is_null() ? json(nullptr) : stop;  // vLLM's; null until the end
     return ch;
   }
 
@@ -136,6 +137,7 @@ struct OpenAiServer::Job {
         ch["delta"] = {{"role", "assistant"}, {"content", ""}};
         ch["logprobs"] = nullptr;
         ch["finish_reason"] = nullptr;
+        ch["stop_reason"] = nullptr;
         send_event(chunk(std::move(ch)));
       } else if (echo) {
         send_event(chunk(chunk_choice(i, prompt_text[choices[i].prompt], nullptr, nullptr)));
@@ -381,7 +383,10 @@ void OpenAiServer::generate(const HttpRequest& req, const std::shared_ptr<HttpRe
                                       p.min_tokens, p.max_tokens),
                           "min_tokens");
       if (p.seed && j > 0) p.seed = *p.seed + uint64_t(j);  // n samples, not n copies
-      std::vector<int32_t> stops = config_.stop_token_ids;
+      // The model's end-of-turn ids stop generation unless ignore_eos; the request's own
+      // stop_token_ids always do (as vLLM).
+      std::vector<int32_t> stops;
+      if (!p.ignore_eos) stops = config_.stop_token_ids;
       for (int32_t id : p.stop_token_ids)
         if (std::find(stops.begin(), stops.end(), id) == stops.end()) stops.push_back(id);
       p.stop_token_ids = std::move(stops);
