@@ -12,6 +12,8 @@
 #include <deque>
 #include <optional>
 #include <thread>
+#include <unordered_set>
+#include <mutex>
 
 #include "atom/core/error.h"
 #include "atom/core/logging.h"
@@ -73,10 +75,14 @@ std::string HttpRequest::header(std::string_view name) const {
   return {};
 }
 
+class Session;
+
 struct ServerState {
   HttpServerOptions options;
   HttpHandler handler;
   std::atomic<int64_t> open_requests{0};
+  std::mutex mu;
+  std::unordered_set<Session*> sessions;  // guarded by mu: every live connection
 };
 
 // One connection. Everything below runs on the connection's strand (the socket's executor).
@@ -84,10 +90,27 @@ struct ServerState {
 // earlier request can never touch a later one.
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket socket, ServerState& state) : stream_(std::move(socket)), state_(state) {}
+  Session(tcp::socket socket, std::shared_ptr<ServerState> state,
+          std::shared_ptr<net::io_context> ioc)
+      : ioc_(std::move(ioc)), state_holder_(std::move(state)), state_(*state_holder_),
+        stream_(std::move(socket)) {
+    std::lock_guard<std::mutex> lock(state_.mu);
+    state_.sessions.insert(this);
+  }
 
   ~Session() {
+    std::lock_guard<std::mutex> lock(state_.mu);
+    state_.sessions.erase(this);
     if (pending_) --state_.open_requests;
+  }
+
+  // HttpServer::stop(), with no I/O thread running: close the socket and cancel the timers, so
+  // that every pending operation completes (aborted) and releases the session.
+  void force_close() {
+    closed_ = true;
+    queue_.clear();
+    on_disconnect_ = nullptr;
+    stream_.close();
   }
 
   void run() {
@@ -296,10 +319,14 @@ class Session : public std::enable_shared_from_this<Session> {
 
   std::shared_ptr<HttpResponder> make_responder();
 
+  // A responder may outlive the server (held by a late engine callback): the session keeps the
+  // I/O context and the shared state alive, declared first so they go last.
+  std::shared_ptr<net::io_context> ioc_;
+  std::shared_ptr<ServerState> state_holder_;
+  ServerState& state_;
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
-  ServerState& state_;
   uint64_t gen_ = 0;         // number of the request being answered
   bool pending_ = false;     // its response is not complete yet
   bool gone_ = false;        // the client left before it was
@@ -357,25 +384,27 @@ std::shared_ptr<HttpResponder> Session::make_responder() {
 }
 
 struct HttpServer::Impl {
-  ServerState state;
-  net::io_context ioc;
+  // Shared with the sessions: a responder kept past the server's end keeps them alive.
+  std::shared_ptr<ServerState> state = std::make_shared<ServerState>();
+  std::shared_ptr<net::io_context> ioc;
   tcp::acceptor acceptor;
   std::vector<std::thread> threads;
   bool stopped = false;
 
   Impl(HttpServerOptions options, HttpHandler handler)
-      : ioc(std::max(1, options.threads)), acceptor(net::make_strand(ioc)) {
-    state.options = std::move(options);
-    state.handler = std::move(handler);
+      : ioc(std::make_shared<net::io_context>(std::max(1, options.threads))),
+        acceptor(net::make_strand(*ioc)) {
+    state->options = std::move(options);
+    state->handler = std::move(handler);
   }
 
   void accept() {
-    acceptor.async_accept(net::make_strand(ioc), [this](error_code ec, tcp::socket socket) {
+    acceptor.async_accept(net::make_strand(*ioc), [this](error_code ec, tcp::socket socket) {
       if (ec == net::error::operation_aborted || !acceptor.is_open()) return;
       if (!ec) {
         error_code ignored;
         socket.set_option(tcp::no_delay(true), ignored);  // SSE chunks go out at once
-        std::make_shared<Session>(std::move(socket), state)->run();
+        std::make_shared<Session>(std::move(socket), state, ioc)->run();
       } else {
         ATOM_LOG_WARN("accept failed: {}", ec.message());
       }
@@ -386,7 +415,7 @@ struct HttpServer::Impl {
 
 HttpServer::HttpServer(HttpServerOptions options, HttpHandler handler)
     : impl_(std::make_unique<Impl>(std::move(options), std::move(handler))) {
-  const HttpServerOptions& o = impl_->state.options;
+  const HttpServerOptions& o = impl_->state->options;
   error_code ec;
   const auto address = net::ip::make_address(o.host, ec);
   ATOM_CHECK(!ec, kInvalidArgument, "--host {}: not an IP address ({})", o.host, ec.message());
@@ -407,8 +436,8 @@ int HttpServer::port() const { return impl_->acceptor.local_endpoint().port(); }
 
 void HttpServer::start() {
   net::dispatch(impl_->acceptor.get_executor(), [this] { impl_->accept(); });
-  const int n = std::max(1, impl_->state.options.threads);
-  for (int i = 0; i < n; ++i) impl_->threads.emplace_back([this] { impl_->ioc.run(); });
+  const int n = std::max(1, impl_->state->options.threads);
+  for (int i = 0; i < n; ++i) impl_->threads.emplace_back([this] { impl_->ioc->run(); });
 }
 
 void HttpServer::stop_accepting() {
@@ -420,19 +449,29 @@ void HttpServer::stop_accepting() {
     done.set_value();
   });
   if (impl_->threads.empty()) {  // never started: run the handler here
-    impl_->ioc.poll();
+    impl_->ioc->poll();
   }
   done.get_future().wait();
 }
 
-int64_t HttpServer::num_open_requests() const { return impl_->state.open_requests.load(); }
+int64_t HttpServer::num_open_requests() const { return impl_->state->open_requests.load(); }
 
 void HttpServer::stop() {
   if (impl_->stopped) return;
   impl_->stopped = true;
-  impl_->ioc.stop();
+  impl_->ioc->stop();
   for (std::thread& t : impl_->threads) t.join();
   impl_->threads.clear();
+  // No I/O thread runs now: close every connection and the listener, then run the aborted
+  // operations' handlers here, so each session not held elsewhere is released (no fd leaks).
+  {
+    std::lock_guard<std::mutex> lock(impl_->state->mu);
+    for (Session* s : impl_->state->sessions) s->force_close();
+  }
+  error_code ignored;
+  impl_->acceptor.close(ignored);
+  impl_->ioc->restart();
+  impl_->ioc->run();
 }
 
 }  // namespace atom::server

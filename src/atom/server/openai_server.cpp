@@ -83,12 +83,19 @@ struct OpenAiServer::Job {
   size_t remaining = 0;
   bool ended = false;
 
-  ojson chunk(ojson choice) const {
+  // The fields every response and chunk starts with, in OpenAI's order.
+  ojson header(const char* object) const {
     ojson c;
     c["id"] = id;
-    c["object"] = chat ? "chat.completion.chunk" : "text_completion";
+    c["object"] = object;
     c["created"] = created;
     c["model"] = model;
+    return c;
+  }
+  const char* chunk_object() const { return chat ? "chat.completion.chunk" : "text_completion"; }
+
+  ojson chunk(ojson choice) const {
+    ojson c = header(chunk_object());
     c["choices"] = ojson::array({std::move(choice)});
     if (include_usage) c["usage"] = nullptr;
     return c;
@@ -170,11 +177,7 @@ struct OpenAiServer::Job {
     ended = true;
     if (stream) {
       if (include_usage) {
-        ojson c;
-        c["id"] = id;
-        c["object"] = chat ? "chat.completion.chunk" : "text_completion";
-        c["created"] = created;
-        c["model"] = model;
+        ojson c = header(chunk_object());
         c["choices"] = ojson::array();
         c["usage"] = usage();
         send_event(c);
@@ -183,11 +186,7 @@ struct OpenAiServer::Job {
       res->end();
       return;
     }
-    ojson body;
-    body["id"] = id;
-    body["object"] = chat ? "chat.completion" : "text_completion";
-    body["created"] = created;
-    body["model"] = model;
+    ojson body = header(chat ? "chat.completion" : "text_completion");
     body["choices"] = ojson::array();
     for (size_t i = 0; i < choices.size(); ++i) {
       const Choice& c = choices[i];
