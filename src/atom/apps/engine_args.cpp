@@ -8,6 +8,9 @@
 #include "atom/core/error.h"
 #include "atom/io/hf_config.h"
 #include "atom/io/model_path.h"
+#ifdef ATOM_HAVE_CUDA
+#include "atom/runner/cuda/cuda_model_runner.h"
+#endif
 
 namespace atom::apps {
 
@@ -42,6 +45,20 @@ void EngineArgs::add_to(CLI::App& app) {
                  "Deferred output, 1 or 0: the backend runs step N while the host postprocesses "
                  "N-1 and schedules N+1")
       ->capture_default_str();
+  app.add_option("--device", device,
+                 "Backend: cuda or cpu (default: cuda when built with CUDA and a GPU is visible)")
+      ->check(CLI::IsMember({"cuda", "cpu"}));
+  app.add_option("--gpu-memory-utilization,--gpu_memory_utilization", gpu_memory_utilization,
+                 "Fraction of the GPU's memory for weights, activations and the KV cache")
+      ->check(CLI::Range(0.01, 1.0))
+      ->capture_default_str();
+}
+
+std::string default_device() {
+#ifdef ATOM_HAVE_CUDA
+  if (cuda_device_count() > 0) return "cuda";
+#endif
+  return "cpu";
 }
 
 EngineConfig EngineArgs::engine_config() const {
@@ -54,6 +71,8 @@ EngineConfig EngineArgs::engine_config() const {
   c.kv_cache_bytes = size_t(cpu_kv_cache_space * double(size_t(1) << 30));
   c.enable_prefix_caching = enable_prefix_caching;
   c.async_output = async_output;
+  c.device = device.empty() ? default_device() : device;
+  c.gpu_memory_utilization = gpu_memory_utilization;
   return c;
 }
 

@@ -37,10 +37,15 @@ struct EngineArgs {
   double cpu_kv_cache_space = 1.0;  // GiB of KV cache on the CPU backend
   int64_t threads = 0;
   bool async_output = EngineConfig().async_output;  // deferred output (SPEC 3.4)
+  std::string device;                   // "cuda" or "cpu"; empty: default_device()
+  double gpu_memory_utilization = 0.9;  // share of the GPU's memory atom may use (KV pool)
 
   void add_to(CLI::App& app);
   EngineConfig engine_config() const;
 };
+
+// "cuda" when this build has the CUDA backend and a GPU is visible, else "cpu".
+std::string default_device();
 
 // A loaded model: the file its weights are views of (a GGUF file, a safetensors checkpoint, or
 // neither for dummy weights), its tokenizer and the model. Members are destroyed bottom-up, so

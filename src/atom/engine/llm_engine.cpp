@@ -6,6 +6,9 @@
 
 #include "atom/core/error.h"
 #include "atom/io/hf_config.h"
+#ifdef ATOM_HAVE_CUDA
+#include "atom/runner/cuda/cuda_model_runner.h"
+#endif
 
 namespace atom {
 
@@ -24,8 +27,21 @@ EngineConfig resolve_engine_config(EngineConfig c, const ModelConfig& m, const T
   len = resolve_max_model_len(len > 0 ? std::optional<int64_t>(len) : std::nullopt, m);
   ATOM_CHECK(c.block_size > 0, kInvalidArgument, "block size must be positive, got {}",
              c.block_size);
-  if (c.num_kv_blocks <= 0)
-    c.num_kv_blocks = ModelRunner::num_blocks_for_bytes(m, c.kv_cache_bytes, c.block_size);
+  ATOM_CHECK(c.device == "cpu" || c.device == "cuda", kInvalidArgument,
+             "unknown device '{}': choose cpu or cuda", c.device);
+  if (c.num_kv_blocks <= 0) {
+    if (c.device == "cuda") {
+#ifdef ATOM_HAVE_CUDA
+      c.num_kv_blocks = cuda_num_kv_blocks(m, c.block_size, c.scheduler.max_num_batched_tokens,
+                                           c.scheduler.max_num_seqs, len,
+                                           c.gpu_memory_utilization);
+#else
+      throw_error(ErrorCode::kUnsupported, "device 'cuda': this build of atom has no CUDA backend");
+#endif
+    } else {
+      c.num_kv_blocks = ModelRunner::num_blocks_for_bytes(m, c.kv_cache_bytes, c.block_size);
+    }
+  }
   const int64_t needed = (len + c.block_size - 1) / c.block_size;
   ATOM_CHECK(c.num_kv_blocks >= needed, kInvalidArgument,
              "the KV cache holds {} blocks of {} tokens, too few for one sequence of "
@@ -35,11 +51,28 @@ EngineConfig resolve_engine_config(EngineConfig c, const ModelConfig& m, const T
   return c;
 }
 
+std::unique_ptr<Runner> make_runner(Model& model, const EngineConfig& c) {
+  if (c.device == "cpu") return std::make_unique<ModelRunner>(model, c.num_kv_blocks, c.block_size);
+  ATOM_CHECK(c.device == "cuda", kInvalidArgument, "unknown device '{}': choose cpu or cuda",
+             c.device);
+#ifdef ATOM_HAVE_CUDA
+  CudaRunnerConfig rc;
+  rc.num_blocks = c.num_kv_blocks;
+  rc.block_size = c.block_size;
+  rc.max_num_batched_tokens = c.scheduler.max_num_batched_tokens;
+  rc.max_num_seqs = c.scheduler.max_num_seqs;
+  rc.max_model_len = c.scheduler.max_model_len;
+  return std::make_unique<CudaModelRunner>(model, rc);
+#else
+  throw_error(ErrorCode::kUnsupported, "device 'cuda': this build of atom has no CUDA backend");
+#endif
+}
+
 LLMEngine::LLMEngine(Model& model, const Tokenizer& tokenizer, EngineConfig config)
     : model_(model),
       tok_(tokenizer),
       config_(resolve_engine_config(std::move(config), model.config(), tokenizer)),
-      runner_(model, config_.num_kv_blocks, config_.block_size),
+      runner_(make_runner(model, config_)),
       blocks_(config_.num_kv_blocks, config_.block_size, config_.enable_prefix_caching),
       scheduler_(config_.scheduler, blocks_) {}
 
@@ -76,7 +109,7 @@ bool LLMEngine::abort(int64_t request_id) {
   auto it = requests_.find(request_id);
   if (it == requests_.end()) return false;
   scheduler_.abort(request_id);
-  runner_.release(request_id);
+  runner_->release(request_id);
   aborted_.push_back(finish_output(it->second));
   requests_.erase(it);
   return true;
@@ -139,7 +172,7 @@ void LLMEngine::emit_outputs(const SchedulerOutput& sched, std::span<const int32
       RequestOutput o = finish_output(r);
       o.new_token_ids = {token};
       outputs.push_back(std::move(o));
-      runner_.release(s.id());
+      runner_->release(s.id());
       requests_.erase(it);
     } else {
       RequestOutput o;
@@ -154,7 +187,7 @@ void LLMEngine::emit_outputs(const SchedulerOutput& sched, std::span<const int32
 void LLMEngine::step_sync(std::vector<RequestOutput>& outputs) {
   const SchedulerOutput sched = scheduler_.schedule();
   if (sched.empty()) return;
-  const std::vector<int32_t> sampled = runner_.execute(make_steps(sched));
+  const std::vector<int32_t> sampled = runner_->execute(make_steps(sched));
   scheduler_.postprocess(sched, sampled);
   emit_outputs(sched, sampled, outputs);
 }
@@ -164,7 +197,7 @@ void LLMEngine::step_async(std::vector<RequestOutput>& outputs) {
   SchedulerOutput sched = scheduler_.schedule();
   const bool submitted = !sched.empty();
   if (submitted) {
-    runner_.submit(make_steps(sched));
+    runner_->submit(make_steps(sched));
     scheduler_.mark_in_flight(sched);
     inflight_.push_back(std::move(sched));
   }
@@ -173,7 +206,7 @@ void LLMEngine::step_async(std::vector<RequestOutput>& outputs) {
   if (inflight_.empty() || (submitted && inflight_.size() < 2)) return;
   std::vector<int32_t> sampled;
   try {
-    sampled = runner_.collect();
+    sampled = runner_->collect();
   } catch (...) {
     drain_after_failure();
     throw;
@@ -188,7 +221,7 @@ void LLMEngine::drain_after_failure() {
   // The failed step was the oldest; later ones may have read its ids, so none of them counts.
   for (size_t i = 1; i < inflight_.size(); ++i) {
     try {
-      runner_.collect();
+      runner_->collect();
     } catch (...) {  // the first failure is the one reported
     }
   }

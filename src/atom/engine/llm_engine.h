@@ -1,5 +1,5 @@
 // LLMEngine: the offline engine (nano-vllm's LLMEngine, ATOM's atom.LLMEngine): requests in,
-// one step() at a time: schedule -> ModelRunner::execute -> postprocess -> outputs.
+// one step() at a time: schedule -> Runner::execute -> postprocess -> outputs.
 // EngineCore (engine_core.h) drives one from its own thread for the server.
 //
 // With deferred output (EngineConfig::async_output, ATOM's default) the backend runs one step
@@ -23,6 +23,7 @@
 #include "atom/engine/scheduler.h"
 #include "atom/engine/sequence.h"
 #include "atom/runner/model_runner.h"
+#include "atom/runner/runner.h"
 #include "atom/tokenizer/tokenizer.h"
 
 namespace atom {
@@ -42,6 +43,11 @@ struct EngineConfig {
   // per request that ends by a stop token. A GPU runner, whose decode steps are short, is the
   // case it is for.
   bool async_output = false;
+  // The backend: "cpu" (ModelRunner) or "cuda" (CudaModelRunner, in builds with CUDA only).
+  std::string device = "cpu";
+  // "cuda" with num_kv_blocks == 0: the KV pool is this fraction of the GPU's memory minus the
+  // weights and the activation workspace (kv_cache_bytes is the CPU's budget only).
+  double gpu_memory_utilization = 0.9;
 };
 
 // What a request produced in one step (and, when finished, in total).
@@ -107,13 +113,17 @@ class LLMEngine {
   Model& model_;
   const Tokenizer& tok_;
   EngineConfig config_;
-  ModelRunner runner_;
+  std::unique_ptr<Runner> runner_;  // made by make_runner from config_.device
   BlockManager blocks_;
   Scheduler scheduler_;
   std::unordered_map<int64_t, Request> requests_;
   std::vector<RequestOutput> aborted_;    // reported by the next step()
   std::deque<SchedulerOutput> inflight_;  // async_output: submitted, not postprocessed (<= 2)
 };
+
+// The runner config.device names, over `model`, with config's (resolved) KV blocks and limits;
+// kInvalidArgument for an unknown device, kUnsupported for "cuda" in a build without CUDA.
+std::unique_ptr<Runner> make_runner(Model& model, const EngineConfig& config);
 
 // Fills in config.scheduler.max_model_len (0 means the model's context), the EOS id and the KV
 // block count for `model`, checking that one max_model_len sequence fits.

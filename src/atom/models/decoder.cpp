@@ -44,6 +44,7 @@ class DecoderModel final : public Model {
   }
 
   const ModelConfig& config() const override { return cfg_; }
+  DecoderParts parts() const { return DecoderParts{&w_, variant_, &rope_}; }
 
   void forward(const ForwardBatch& b, KvCache& kv, std::vector<float>& logits) override {
     const int64_t T = b.num_tokens();
@@ -189,6 +190,11 @@ cpu::QMatrix stack_rows(const std::vector<StackPart>& parts, WeightStorage& stor
     rows += p.m.rows;
   }
   return cpu::QMatrix{parts[0].m.type, bytes.data(), rows, parts[0].m.cols, parts[0].m.row_bytes};
+}
+
+DecoderParts decoder_parts(const Model& model) {
+  const auto* d = dynamic_cast<const DecoderModel*>(&model);
+  return d ? d->parts() : DecoderParts{};
 }
 
 std::unique_ptr<Model> make_decoder_model(ModelConfig config, DecoderVariant variant,

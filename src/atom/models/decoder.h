@@ -60,6 +60,15 @@ struct StackPart {
 // when their types or widths differ, so the caller keeps them separate.
 cpu::QMatrix stack_rows(const std::vector<StackPart>& parts, WeightStorage& storage);
 
+// What another backend needs to run a DecoderModel: its weights (views valid while the model
+// lives), variant and rotary table. Null members when `model` is not a DecoderModel.
+struct DecoderParts {
+  const DecoderWeights* weights = nullptr;
+  DecoderVariant variant;
+  const cpu::RopeTable* rope = nullptr;
+};
+DecoderParts decoder_parts(const Model& model);
+
 std::unique_ptr<Model> make_decoder_model(ModelConfig config, DecoderVariant variant,
                                           DecoderWeights weights, cpu::RopeTable rope);
 

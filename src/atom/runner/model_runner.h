@@ -2,7 +2,8 @@
 // which sequences to compute this step; the runner plans the batch metadata (positions, slot
 // mapping, cu_seqlens, context lengths, block tables, logits rows), runs the model over the
 // paged KV cache it owns, and samples one token for each sequence that needs one. The CUDA
-// runner will implement the same interface with persistent device buffers and graphs.
+// runner (runner/cuda/) implements the same Runner interface (runner.h) with persistent device
+// buffers.
 //
 // Two ways to run a step. execute() is synchronous. submit()/collect() pipeline the steps for
 // deferred output (ATOM's, SPEC 3.4): submit() plans step N on the caller's thread and returns
@@ -28,6 +29,7 @@
 #include <vector>
 
 #include "atom/models/model.h"
+#include "atom/runner/runner.h"
 #include "atom/runner/sampler.h"
 
 namespace atom {
@@ -47,31 +49,32 @@ struct StepSeq {
   bool last_token_in_flight = false;
 };
 
-class ModelRunner {
+// The CPU runner: the model runs on the host over an f32 KvCache.
+class ModelRunner final : public Runner {
  public:
   ModelRunner(Model& model, int64_t num_blocks, int64_t block_size);
   // Waits for the step the worker is running, drops the queued ones, joins the worker.
-  ~ModelRunner();
+  ~ModelRunner() override;
   ModelRunner(const ModelRunner&) = delete;
   ModelRunner& operator=(const ModelRunner&) = delete;
 
   // Runs a step in the caller's thread and returns one sampled id per StepSeq with
   // sample = true, in order. No step may be in flight.
-  std::vector<int32_t> execute(std::span<const StepSeq> seqs);
+  std::vector<int32_t> execute(std::span<const StepSeq> seqs) override;
 
   // Starts a step and returns at once: everything the step needs is copied out of `seqs`, so
   // the caller may change its sequences right away. Steps run one at a time in submission
   // order, so a step sees the KV cache and the sampled ids of every step submitted before it.
-  void submit(std::span<const StepSeq> seqs);
+  void submit(std::span<const StepSeq> seqs) override;
   // Waits for the oldest uncollected step and returns its sampled ids (as execute would), or
   // rethrows the exception that step failed with. Steps after a failed one still run; their
   // inputs may depend on it, so a caller drains and discards them.
-  std::vector<int32_t> collect();
-  int64_t num_in_flight() const { return num_submitted_ - num_collected_; }
+  std::vector<int32_t> collect() override;
+  int64_t num_in_flight() const override { return num_submitted_ - num_collected_; }
 
   // Forgets a finished sequence's sampler (and its RNG state) once every step submitted so far
   // has run: a sequence found finished late may still sample in a step in flight.
-  void release(int64_t seq_id);
+  void release(int64_t seq_id) override;
 
   // The plan of one step (exposed for tests).
   ForwardBatch plan(std::span<const StepSeq> seqs) const;
@@ -80,8 +83,8 @@ class ModelRunner {
   static int64_t num_blocks_for_bytes(const ModelConfig& cfg, size_t bytes, int64_t block_size);
 
   Model& model() { return model_; }
-  int64_t num_blocks() const { return kv_.num_blocks(); }
-  int64_t block_size() const { return kv_.block_size(); }
+  int64_t num_blocks() const override { return kv_.num_blocks(); }
+  int64_t block_size() const override { return kv_.block_size(); }
 
  private:
   // A step as the backend runs it, owning copies of everything it reads from the host.

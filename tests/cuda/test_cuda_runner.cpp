@@ -1,0 +1,383 @@
+// CudaModelRunner against the CPU runner on tiny random-weight Llama and Qwen3 models (bf16
+// weights, so both backends see the same numbers): logits of prefill and decode steps, greedy
+// tokens through LLMEngine (chunked prefill, a prefix-cache hit, deferred output), and
+// submit/collect against execute, host-sampled requests included.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "atom/core/dtype.h"
+#include "atom/core/error.h"
+#include "atom/engine/llm_engine.h"
+#include "atom/models/decoder.h"
+#include "atom/runner/cuda/cuda_model_runner.h"
+#include "atom/runner/model_runner.h"
+#include "atom/tokenizer/tokenizer.h"
+
+namespace atom {
+namespace {
+
+bool gpu_visible() {
+  int devices = 0;
+  return cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0;
+}
+
+// bf16 values from N(0, std), so the CPU model's weights are exactly the GPU's.
+std::vector<uint16_t> bf16_normal(size_t n, double std, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.0f, float(std));
+  std::vector<uint16_t> v(n);
+  for (uint16_t& x : v) x = f32_to_bf16(dist(rng));
+  return v;
+}
+
+cpu::QMatrix matrix(WeightStorage& storage, int64_t rows, int64_t cols, double std,
+                    uint64_t seed) {
+  const std::vector<uint16_t> v = bf16_normal(size_t(rows * cols), std, seed);
+  std::vector<uint8_t>& bytes = storage.emplace_back(v.size() * 2);
+  std::memcpy(bytes.data(), v.data(), bytes.size());
+  return cpu::make_qmatrix(GgmlType::kBF16, bytes.data(), rows, cols);
+}
+
+// Values in [lo, hi] rounded through bf16 (norm weights, biases).
+std::vector<float> vec(int64_t n, float lo, float hi, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = bf16_to_f32(f32_to_bf16(dist(rng)));
+  return v;
+}
+
+// A 2-layer model at head_dim 64 (the attention kernels' smallest). Qwen3: q/k norm, tied
+// embeddings and (to cover the bias path) QKV bias. Weight scales keep activations near unit
+// variance and logits a few units wide, so top-2 gaps are mostly far above bf16 noise.
+std::unique_ptr<Model> make_tiny(bool qwen3) {
+  ModelConfig c;
+  c.architecture = qwen3 ? "Qwen3ForCausalLM" : "LlamaForCausalLM";
+  c.vocab_size = qwen3 ? 500 : 512;  // 500: an LM head width that is not a multiple of 8
+  c.hidden_size = 256;
+  c.intermediate_size = 512;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 64;
+  c.rotary_dim = 64;
+  c.rms_norm_eps = 1e-6;
+  c.rope_theta = qwen3 ? 1e6 : 5e5;
+  c.max_position_embeddings = 1024;
+  c.tie_word_embeddings = qwen3;
+  c.attention_bias = qwen3;
+  const int64_t H = c.hidden_size, I = c.intermediate_size, D = c.head_dim;
+  const int64_t qkv = (c.num_attention_heads + 2 * c.num_key_value_heads) * D;
+  DecoderWeights w;
+  uint64_t seed = qwen3 ? 1000 : 2000;
+  w.embed = matrix(w.storage, c.vocab_size, H, qwen3 ? 0.2 : 1.0, seed++);
+  w.lm_head = qwen3 ? w.embed : matrix(w.storage, c.vocab_size, H, 3.0 / std::sqrt(H), seed++);
+  w.final_norm = vec(H, 0.8f, 1.2f, seed++);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    DecoderLayerWeights& L = w.layers.emplace_back();
+    L.attn_norm = vec(H, 0.8f, 1.2f, seed++);
+    L.ffn_norm = vec(H, 0.8f, 1.2f, seed++);
+    L.qkv = matrix(w.storage, qkv, H, 1.0 / std::sqrt(H), seed++);
+    L.o = matrix(w.storage, H, c.num_attention_heads * D, 0.5 / std::sqrt(H), seed++);
+    L.gate_up = matrix(w.storage, 2 * I, H, 1.0 / std::sqrt(H), seed++);
+    L.down = matrix(w.storage, H, I, 0.5 / std::sqrt(I), seed++);
+    if (qwen3) {
+      L.q_norm = vec(D, 0.8f, 1.2f, seed++);
+      L.k_norm = vec(D, 0.8f, 1.2f, seed++);
+      L.qkv_bias = vec(qkv, -0.1f, 0.1f, seed++);
+    }
+  }
+  DecoderVariant variant;
+  variant.qk_norm = qwen3;
+  cpu::RopeTable rope =
+      cpu::make_rope_inv_freq(c.rotary_dim, c.rope_theta, cpu::RopeScaling{}, 1024);
+  return make_decoder_model(c, variant, std::move(w), std::move(rope));
+}
+
+std::vector<int32_t> random_tokens(size_t n, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> dist(0, int32_t(vocab) - 1);
+  std::vector<int32_t> v(n);
+  for (int32_t& t : v) t = dist(rng);
+  return v;
+}
+
+// The tolerance on a logit, per row: bf16 activations round to 2^-9 relative at each of the
+// ~10 roundings per layer (norm outputs, GEMM outputs, q/k after RoPE, attention output,
+// SiLU product, residual adds), and the errors of a 256-wide dot product add up like a random
+// walk, so after 2 layers and the LM head a logit is off by ~1% of the row's RMS; 6% leaves
+// room for the worst of thousands of logits while a wrong mask, position or head would be off
+// by the size of the logits themselves.
+constexpr double kRelTol = 0.06;
+
+double row_rms(const float* row, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += double(row[i]) * row[i];
+  return std::sqrt(s / double(n));
+}
+
+// The gap between the two largest logits of a row.
+double top2_gap(const float* row, int64_t n) {
+  float a = -INFINITY, b = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) {
+    if (row[i] > a) {
+      b = a;
+      a = row[i];
+    } else if (row[i] > b) {
+      b = row[i];
+    }
+  }
+  return double(a) - double(b);
+}
+
+// Logits of the last position of `tokens` on the CPU model (a fresh cache, one prefill).
+std::vector<float> cpu_last_logits(Model& model, const std::vector<int32_t>& tokens) {
+  const int64_t bs = 16, blocks = int64_t(tokens.size() + bs - 1) / bs;
+  ModelRunner runner(model, blocks, bs);
+  std::vector<int32_t> table(static_cast<size_t>(blocks));
+  std::iota(table.begin(), table.end(), 0);
+  KvCache kv(model.config().num_hidden_layers, blocks, bs, model.config().num_key_value_heads,
+             model.config().head_dim);
+  StepSeq s{1, tokens, int64_t(tokens.size()), 0, int64_t(tokens.size()), table, true};
+  std::vector<float> logits;
+  model.forward(runner.plan(std::span<const StepSeq>(&s, 1)), kv, logits);
+  return logits;
+}
+
+class CudaRunner : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override {
+    if (!gpu_visible()) GTEST_SKIP() << "no CUDA device visible";
+    model_ = make_tiny(GetParam());
+  }
+  CudaRunnerConfig runner_config(int64_t num_blocks) const {
+    CudaRunnerConfig rc;
+    rc.num_blocks = num_blocks;
+    rc.block_size = 16;
+    rc.max_num_batched_tokens = 512;
+    rc.max_num_seqs = 16;
+    rc.max_model_len = 512;
+    return rc;
+  }
+  std::unique_ptr<Model> model_;
+};
+
+// Three sequences prefilled together (lengths across block boundaries, scattered block tables),
+// then decode steps fed with the CPU's greedy tokens: every logit of every step within tolerance.
+TEST_P(CudaRunner, LogitsOfPrefillAndDecodeMatchTheCpu) {
+  const int64_t vocab = model_->config().vocab_size, kBlocks = 48, bs = 16;
+  ModelRunner cpu_runner(*model_, kBlocks, bs);
+  KvCache kv(model_->config().num_hidden_layers, kBlocks, bs,
+             model_->config().num_key_value_heads, model_->config().head_dim);
+  CudaModelRunner gpu(*model_, runner_config(kBlocks));
+  const std::vector<size_t> lens = {37, 5, 70};
+  std::vector<std::vector<int32_t>> tokens;
+  std::vector<std::vector<int32_t>> tables;
+  for (size_t i = 0; i < lens.size(); ++i) {
+    tokens.push_back(random_tokens(lens[i], vocab, 10 + i));
+    std::vector<int32_t> t;
+    for (int32_t j = 0; j < 12; ++j) t.push_back(int32_t(i) + 3 * (11 - j));  // scattered
+    tables.push_back(t);
+  }
+  double worst = 0;  // max |gpu - cpu| / rms(cpu row)
+  int64_t rows = 0;
+  for (int step = 0; step < 6; ++step) {
+    std::vector<StepSeq> seqs;
+    for (size_t i = 0; i < lens.size(); ++i) {
+      const int64_t n = int64_t(tokens[i].size());
+      const int64_t start = step == 0 ? 0 : n - 1;
+      seqs.push_back(StepSeq{int64_t(i), tokens[i], int64_t(lens[i]), start, n - start,
+                             tables[i], true});
+    }
+    std::vector<float> ref;
+    model_->forward(cpu_runner.plan(seqs), kv, ref);
+    const std::vector<float> got = gpu.forward_logits(seqs);
+    ASSERT_EQ(got.size(), ref.size());
+    for (size_t i = 0; i < lens.size(); ++i) {
+      const float* r = ref.data() + i * size_t(vocab);
+      const float* g = got.data() + i * size_t(vocab);
+      const double rms = row_rms(r, vocab);
+      ASSERT_GT(rms, 0.1) << "degenerate logits";
+      for (int64_t v = 0; v < vocab; ++v) {
+        ASSERT_TRUE(std::isfinite(g[v])) << "step " << step << " seq " << i << " logit " << v;
+        worst = std::max(worst, std::abs(double(g[v]) - r[v]) / rms);
+      }
+      ++rows;
+      tokens[i].push_back(argmax(r, vocab));
+    }
+  }
+  std::printf("[cuda runner %s] %lld logit rows, worst |gpu - cpu| = %.4f x row RMS (tol %.2f)\n",
+              GetParam() ? "qwen3" : "llama", (long long)rows, worst, kRelTol);
+  EXPECT_LE(worst, kRelTol);
+}
+
+// The same steps through submit/collect with in-flight placeholders give execute's ids, for
+// greedy (GPU argmax) and seeded, penalised (host sampler) requests in one batch.
+TEST_P(CudaRunner, SubmitCollectEqualsExecute) {
+  const int64_t vocab = model_->config().vocab_size, kBlocks = 32;
+  SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  SamplingParams sampled;
+  sampled.temperature = 0.8f;
+  sampled.seed = 7;
+  sampled.repetition_penalty = 1.3f;
+  sampled.presence_penalty = 0.5f;
+  const std::vector<const SamplingParams*> params = {&greedy, &sampled, &greedy};
+  const std::vector<size_t> lens = {20, 9, 33};
+  std::vector<std::vector<int32_t>> tables(lens.size());
+  for (size_t i = 0; i < lens.size(); ++i)
+    for (int32_t j = 0; j < 4; ++j) tables[i].push_back(int32_t(i * 4) + j);
+  constexpr int kSteps = 12;
+
+  // Reference: execute, one step at a time.
+  std::vector<std::vector<int32_t>> ref;
+  {
+    CudaModelRunner gpu(*model_, runner_config(kBlocks));
+    for (size_t i = 0; i < lens.size(); ++i) ref.push_back(random_tokens(lens[i], vocab, 50 + i));
+    for (int step = 0; step < kSteps; ++step) {
+      std::vector<StepSeq> seqs;
+      for (size_t i = 0; i < lens.size(); ++i) {
+        const int64_t n = int64_t(ref[i].size()), start = step == 0 ? 0 : n - 1;
+        seqs.push_back(StepSeq{int64_t(i), ref[i], int64_t(lens[i]), start, n - start,
+                               tables[i], true, params[i]});
+      }
+      const std::vector<int32_t> ids = gpu.execute(seqs);
+      ASSERT_EQ(ids.size(), lens.size());
+      for (size_t i = 0; i < lens.size(); ++i) ref[i].push_back(ids[i]);
+    }
+  }
+  // Deferred: step N+1 is submitted before N is collected, its input a placeholder (-1).
+  CudaModelRunner gpu(*model_, runner_config(kBlocks));
+  std::vector<std::vector<int32_t>> host;
+  for (size_t i = 0; i < lens.size(); ++i) host.push_back(random_tokens(lens[i], vocab, 50 + i));
+  auto submit = [&](int step) {
+    std::vector<StepSeq> seqs;
+    for (size_t i = 0; i < lens.size(); ++i) {
+      const int64_t n = int64_t(host[i].size()), start = step == 0 ? 0 : n - 1;
+      seqs.push_back(StepSeq{int64_t(i), host[i], int64_t(lens[i]), start, n - start, tables[i],
+                             true, params[i], step > 0});
+    }
+    gpu.submit(seqs);
+    for (size_t i = 0; i < lens.size(); ++i) host[i].push_back(-1);  // placeholder
+  };
+  auto collect = [&](int step) {
+    const std::vector<int32_t> ids = gpu.collect();
+    ASSERT_EQ(ids.size(), lens.size());
+    for (size_t i = 0; i < lens.size(); ++i) host[i][lens[i] + size_t(step)] = ids[i];
+  };
+  submit(0);
+  for (int step = 1; step < kSteps; ++step) {
+    submit(step);
+    EXPECT_EQ(gpu.num_in_flight(), 2);
+    collect(step - 1);
+  }
+  collect(kSteps - 1);
+  EXPECT_EQ(gpu.num_in_flight(), 0);
+  for (size_t i = 0; i < lens.size(); ++i) EXPECT_EQ(host[i], ref[i]) << "sequence " << i;
+  // A placeholder for a sequence no step sampled is an error, not a garbage input.
+  std::vector<int32_t> fresh = {1, 2, -1};
+  const std::vector<int32_t> table = {30};
+  const StepSeq bad{99, fresh, 2, 2, 1, table, true, &greedy, true};
+  EXPECT_THROW(gpu.submit(std::span<const StepSeq>(&bad, 1)), Error);
+}
+
+// Greedy outputs of a batch through LLMEngine (chunked prefill with a small token budget, a
+// prefix-cache hit in a second batch, sync and deferred output) equal the CPU engine's token for
+// token, unless the CPU's own logits show a near-tie at the first difference.
+TEST_P(CudaRunner, GreedyEngineOutputsMatchTheCpuEngine) {
+  const auto tok =
+      Tokenizer::from_hf_folder(std::string(ATOM_TEST_DATA_DIR) + "/hf_models/llama-tiny");
+  const int64_t vocab = model_->config().vocab_size;
+  const std::vector<size_t> lens = {10, 50, 100, 7, 33};
+  std::vector<std::vector<int32_t>> first, second;
+  for (size_t i = 0; i < lens.size(); ++i) first.push_back(random_tokens(lens[i], vocab, 70 + i));
+  // Second batch: prompts that extend first-batch prompts (two full blocks cached) and a new one.
+  second.push_back(first[2]);
+  second.back().resize(40);
+  for (int32_t t : random_tokens(9, vocab, 90)) second.back().push_back(t);
+  second.push_back(first[1]);
+  second.back().push_back(3);
+  second.push_back(random_tokens(21, vocab, 91));
+  SamplingParams p;
+  p.temperature = 0.0f;
+  p.ignore_eos = true;
+  p.max_tokens = 24;
+
+  auto run = [&](const std::string& device, bool async) {
+    EngineConfig c;
+    c.device = device;
+    c.async_output = async;
+    c.num_kv_blocks = 96;
+    c.block_size = 16;
+    c.enable_prefix_caching = true;
+    c.scheduler.max_model_len = 256;
+    c.scheduler.max_num_batched_tokens = 64;  // prompts of 100 prefill in chunks
+    c.scheduler.max_num_seqs = 8;
+    LLMEngine engine(*model_, *tok, c);
+    std::vector<RequestOutput> out = engine.generate(first, {p});
+    const std::vector<RequestOutput> more = engine.generate(second, {p});
+    out.insert(out.end(), more.begin(), more.end());
+    return out;
+  };
+  const std::vector<RequestOutput> cpu = run("cpu", false);
+  std::vector<std::vector<int32_t>> prompts = first;
+  prompts.insert(prompts.end(), second.begin(), second.end());
+  for (const bool async : {false, true}) {
+    const std::vector<RequestOutput> gpu = run("cuda", async);
+    ASSERT_EQ(gpu.size(), cpu.size());
+    int64_t matched = 0, total = 0, near_ties = 0, cached = 0;
+    for (size_t r = 0; r < cpu.size(); ++r) {
+      ASSERT_EQ(gpu[r].output_ids.size(), size_t(p.max_tokens));
+      cached += gpu[r].num_cached_tokens;
+      total += p.max_tokens;
+      size_t k = 0;
+      while (k < cpu[r].output_ids.size() && gpu[r].output_ids[k] == cpu[r].output_ids[k]) ++k;
+      matched += int64_t(k);
+      if (k == cpu[r].output_ids.size()) continue;
+      // First difference: accepted only if the CPU's top two logits there are within tolerance.
+      std::vector<int32_t> ctx = prompts[r];
+      ctx.insert(ctx.end(), cpu[r].output_ids.begin(), cpu[r].output_ids.begin() + ptrdiff_t(k));
+      const std::vector<float> logits = cpu_last_logits(*model_, ctx);
+      const double gap = top2_gap(logits.data(), vocab);
+      const double tol = 2 * kRelTol * row_rms(logits.data(), vocab);
+      EXPECT_LT(gap, tol) << "request " << r << " differs at token " << k
+                          << " without a near-tie (top-2 gap " << gap << ")";
+      ++near_ties;
+    }
+    std::printf("[cuda runner %s, %s output] greedy tokens equal to the CPU engine's: %lld of %lld "
+                "(%lld requests stopped at a near-tie); prefix-cache hit: %lld tokens\n",
+                GetParam() ? "qwen3" : "llama", async ? "deferred" : "sync", (long long)matched,
+                (long long)total, (long long)near_ties, (long long)cached);
+    EXPECT_GE(cached, 32) << "the second batch should reuse cached prefix blocks";
+    EXPECT_GE(matched, total / 2) << "most tokens must match before any near-tie";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, CudaRunner, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "Qwen3" : "Llama"; });
+
+TEST(CudaRunnerConfig, MemoryPlanCountsWeightsAndKv) {
+  // The attention workspace size depends on the device's multiprocessor count.
+  if (!gpu_visible()) GTEST_SKIP() << "no CUDA device visible";
+  const auto model = make_tiny(false);
+  const ModelConfig& c = model->config();
+  const CudaMemoryPlan p = cuda_memory_plan(c, 16, 512, 16, 512);
+  // Untied Llama: embed + lm_head + per layer qkv, o, gate_up, down and norms, in bf16.
+  const size_t per_layer = size_t(256 * 512 + 256 * 256 + 2 * 512 * 256 + 256 * 512);
+  EXPECT_GE(p.weight_bytes, (2 * 512 * 256 + 2 * per_layer) * 2);
+  EXPECT_EQ(p.kv_block_bytes, size_t(2 * 2 * 16 * 2 * 64) * 2);
+  EXPECT_GT(p.workspace_bytes, size_t(16 * 512) * 4);  // at least the logits
+}
+
+}  // namespace
+}  // namespace atom
