@@ -119,14 +119,18 @@ std::vector<int32_t> ModelRunner::run(Job& job) {
   return sampled;
 }
 
-std::vector<int32_t> ModelRunner::execute(std::span<const StepSeq> seqs) {
+void Runner::check_execute(std::span<const StepSeq> seqs) const {
   ATOM_CHECK(num_in_flight() == 0, kInternal,
              "execute() with {} submitted steps not collected: collect them first",
              num_in_flight());
-  if (seqs.empty()) return {};
   for (const StepSeq& s : seqs)
     ATOM_CHECK(!s.last_token_in_flight, kInvalidArgument,
                "sequence {} has a token in flight: only submit() can run it", s.seq_id);
+}
+
+std::vector<int32_t> ModelRunner::execute(std::span<const StepSeq> seqs) {
+  check_execute(seqs);
+  if (seqs.empty()) return {};
   Job job = make_job(seqs);
   return run(job);
 }

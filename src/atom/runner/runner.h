@@ -34,6 +34,10 @@ class Runner {
 
   virtual int64_t num_blocks() const = 0;
   virtual int64_t block_size() const = 0;
+
+ protected:
+  // execute()'s preconditions, for every backend: nothing in flight, no placeholder inputs.
+  void check_execute(std::span<const StepSeq> seqs) const;
 };
 
 }  // namespace atom

@@ -628,13 +628,8 @@ CudaModelRunner::CudaModelRunner(const Model& model, const CudaRunnerConfig& con
 CudaModelRunner::~CudaModelRunner() = default;
 
 std::vector<int32_t> CudaModelRunner::execute(std::span<const StepSeq> seqs) {
-  ATOM_CHECK(num_in_flight() == 0, kInternal,
-             "execute() with {} submitted steps not collected: collect them first",
-             num_in_flight());
+  check_execute(seqs);
   if (seqs.empty()) return {};
-  for (const StepSeq& s : seqs)
-    ATOM_CHECK(!s.last_token_in_flight, kInvalidArgument,
-               "sequence {} has a token in flight: only submit() can run it", s.seq_id);
   impl_->submit(seqs);
   return impl_->collect();
 }
