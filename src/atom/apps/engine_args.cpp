@@ -43,8 +43,7 @@ void EngineArgs::add_to(CLI::App& app) {
   app.add_option("--threads", threads, "CPU threads (default: ATOM_NUM_THREADS, else all)");
   app.add_option("--async-output,--async_output", async_output,
                  "Deferred output, 1 or 0: the backend runs step N while the host postprocesses "
-                 "N-1 and schedules N+1")
-      ->capture_default_str();
+                 "N-1 and schedules N+1 (default: 1 on cuda, 0 on cpu)");
   app.add_option("--device", device,
                  "Backend: cuda or cpu (default: cuda when built with CUDA and a GPU is visible)")
       ->check(CLI::IsMember({"cuda", "cpu"}));
@@ -70,8 +69,8 @@ EngineConfig EngineArgs::engine_config() const {
   c.block_size = block_size;
   c.kv_cache_bytes = size_t(cpu_kv_cache_space * double(size_t(1) << 30));
   c.enable_prefix_caching = enable_prefix_caching;
-  c.async_output = async_output;
   c.device = device.empty() ? default_device() : device;
+  c.async_output = async_output.value_or(c.device == "cuda");
   c.gpu_memory_utilization = gpu_memory_utilization;
   return c;
 }

@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,7 +37,9 @@ struct EngineArgs {
   bool enforce_eager = false;       // accepted for ATOM compatibility; the CPU runs eagerly
   double cpu_kv_cache_space = 1.0;  // GiB of KV cache on the CPU backend
   int64_t threads = 0;
-  bool async_output = EngineConfig().async_output;  // deferred output (SPEC 3.4)
+  // Deferred output (SPEC 3.4); unset: on for the CUDA device, off for the CPU, where the
+  // forward dwarfs the host's share of a step (docs/benchmarks.md).
+  std::optional<bool> async_output;
   std::string device;                   // "cuda" or "cpu"; empty: default_device()
   double gpu_memory_utilization = 0.9;  // share of the GPU's memory atom may use (KV pool)
 
