@@ -29,46 +29,13 @@
 #include "atom/core/dtype.h"
 #include "atom/core/error.h"
 #include "atom/core/tensor.h"
+#include "cuda_test_util.h"
 
 namespace atom::cuda {
 namespace {
 
-bool gpu_visible() {
-  int devices = 0;
-  return cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0;
-}
-
-// A device buffer of T, freed on scope exit.
-template <typename T>
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t n) : n_(n) {
-    ATOM_CUDA_CHECK(
-        cudaMalloc(reinterpret_cast<void**>(&ptr_), std::max<size_t>(n, 1) * sizeof(T)));
-  }
-  explicit DeviceBuffer(const std::vector<T>& h) : DeviceBuffer(h.size()) { upload(h); }
-  ~DeviceBuffer() { cudaFree(ptr_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-
-  T* get() const { return ptr_; }
-  size_t bytes() const { return n_ * sizeof(T); }
-  void upload(const std::vector<T>& h) {
-    ATOM_ASSERT(h.size() == n_);
-    ATOM_CUDA_CHECK(cudaMemcpy(ptr_, h.data(), bytes(), cudaMemcpyHostToDevice));
-  }
-  std::vector<T> download() const {
-    std::vector<T> h(n_);
-    ATOM_CUDA_CHECK(cudaMemcpy(h.data(), ptr_, bytes(), cudaMemcpyDeviceToHost));
-    return h;
-  }
-  // Every byte set to `byte` (0xff makes f32 and bf16 NaN): stale contents a kernel must not read.
-  void fill_bytes(int byte) { ATOM_CUDA_CHECK(cudaMemset(ptr_, byte, bytes())); }
-
- private:
-  T* ptr_ = nullptr;
-  size_t n_;
-};
+using test::gpu_visible;
+using test::DeviceBuffer;
 
 const __nv_bfloat16* as_bf16(const DeviceBuffer<uint16_t>& d) {
   return reinterpret_cast<const __nv_bfloat16*>(d.get());

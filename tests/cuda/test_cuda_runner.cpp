@@ -22,14 +22,12 @@
 #include "atom/runner/cuda/cuda_model_runner.h"
 #include "atom/runner/model_runner.h"
 #include "atom/tokenizer/tokenizer.h"
+#include "cuda_test_util.h"
 
 namespace atom {
 namespace {
 
-bool gpu_visible() {
-  int devices = 0;
-  return cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0;
-}
+using cuda::test::gpu_visible;
 
 // bf16 values from N(0, std), so the CPU model's weights are exactly the GPU's.
 std::vector<uint16_t> bf16_normal(size_t n, double std, uint64_t seed) {

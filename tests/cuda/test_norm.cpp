@@ -17,38 +17,13 @@
 #include "atom/core/dtype.h"
 #include "atom/core/error.h"
 #include "atom/core/tensor.h"
+#include "cuda_test_util.h"
 
 namespace atom::cuda {
 namespace {
 
-// A device buffer of T, freed on scope exit. `offset` elements of slack in front let a test hand
-// out a pointer that is not 16-byte aligned.
-template <typename T>
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t n, size_t offset = 0) : n_(n), offset_(offset) {
-    ATOM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&base_), (n + offset) * sizeof(T)));
-  }
-  ~DeviceBuffer() { cudaFree(base_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-
-  T* get() const { return base_ + offset_; }
-  void upload(const std::vector<T>& h) {
-    ATOM_ASSERT(h.size() == n_);
-    ATOM_CUDA_CHECK(cudaMemcpy(get(), h.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  std::vector<T> download() const {
-    std::vector<T> h(n_);
-    ATOM_CUDA_CHECK(cudaMemcpy(h.data(), get(), n_ * sizeof(T), cudaMemcpyDeviceToHost));
-    return h;
-  }
-
- private:
-  T* base_ = nullptr;
-  size_t n_;
-  size_t offset_;
-};
+using test::gpu_visible;
+using test::DeviceBuffer;
 
 std::vector<float> random_floats(size_t n, uint32_t seed, float lo, float hi) {
   std::mt19937 rng(seed);
@@ -139,11 +114,6 @@ struct NormCase {
 
 void PrintTo(const NormCase& c, std::ostream* os) {
   *os << "[" << c.rows << ", " << c.dim << "]" << (c.misalign ? " misaligned" : "");
-}
-
-bool gpu_visible() {
-  int devices = 0;
-  return cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0;
 }
 
 class CudaNormTest : public ::testing::TestWithParam<NormCase> {

@@ -26,23 +26,20 @@
 #include "atom/core/error.h"
 #include "atom/core/ggml_types.h"
 #include "atom/core/tensor.h"
+#include "cuda_test_util.h"
 
 namespace atom::cuda {
 namespace {
 
-// --- helpers ---
+using test::DeviceBuffer;
+using test::gpu_visible;
 
-bool cuda_device_visible() {
-  int devices = 0;
-  const bool ok = cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0;
-  if (!ok) cudaGetLastError();  // clear the error of a machine without a GPU
-  return ok;
-}
+// --- helpers ---
 
 class CudaOpsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!cuda_device_visible()) GTEST_SKIP() << "no CUDA device visible";
+    if (!gpu_visible()) GTEST_SKIP() << "no CUDA device visible";
   }
 };
 
@@ -50,43 +47,8 @@ template <typename P>
 class CudaOpsParamTest : public ::testing::TestWithParam<P> {
  protected:
   void SetUp() override {
-    if (!cuda_device_visible()) GTEST_SKIP() << "no CUDA device visible";
+    if (!gpu_visible()) GTEST_SKIP() << "no CUDA device visible";
   }
-};
-
-// A device buffer of T, freed on scope exit. `offset` elements of slack in front let a test hand
-// out a pointer that is not 16-byte aligned.
-template <typename T>
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t n, size_t offset = 0) : n_(n), offset_(offset) {
-    ATOM_CUDA_CHECK(
-        cudaMalloc(reinterpret_cast<void**>(&base_), std::max<size_t>(n + offset, 1) * sizeof(T)));
-  }
-  explicit DeviceBuffer(const std::vector<T>& h, size_t offset = 0)
-      : DeviceBuffer(h.size(), offset) {
-    upload(h);
-  }
-  ~DeviceBuffer() { cudaFree(base_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-
-  T* get() const { return base_ + offset_; }
-  size_t size() const { return n_; }
-  void upload(const std::vector<T>& h) {
-    ATOM_ASSERT(h.size() == n_);
-    ATOM_CUDA_CHECK(cudaMemcpy(get(), h.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  std::vector<T> download() const {
-    std::vector<T> h(n_);
-    ATOM_CUDA_CHECK(cudaMemcpy(h.data(), get(), n_ * sizeof(T), cudaMemcpyDeviceToHost));
-    return h;
-  }
-
- private:
-  T* base_ = nullptr;
-  size_t n_;
-  size_t offset_;
 };
 
 // bf16 device data is kept as raw bits; kernels see it as __nv_bfloat16.
