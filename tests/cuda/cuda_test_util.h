@@ -1,13 +1,17 @@
 // Helpers shared by the GPU test suites: whether a GPU is visible, and a device buffer.
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
+#include <random>
 #include <vector>
 
 #include "atom/backends/cuda/check.h"
+#include "atom/core/dtype.h"
 #include "atom/core/error.h"
 
 namespace atom::cuda::test {
@@ -57,5 +61,35 @@ class DeviceBuffer {
   size_t n_;
   size_t offset_;
 };
+
+// bf16 device data is kept as raw bits; kernels see it as __nv_bfloat16.
+inline __nv_bfloat16* as_bf16(const DeviceBuffer<uint16_t>& d) {
+  return reinterpret_cast<__nv_bfloat16*>(d.get());
+}
+
+// n values uniform in [lo, hi), reproducible from the seed.
+inline std::vector<float> random_floats(size_t n, uint32_t seed, float lo, float hi) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+// bf16 values as their bits (the host side never does bf16 arithmetic).
+inline std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
+  std::vector<uint16_t> b(v.size());
+  for (size_t i = 0; i < v.size(); ++i) b[i] = f32_to_bf16(v[i]);
+  return b;
+}
+
+inline std::vector<float> from_bf16(const std::vector<uint16_t>& b) {
+  std::vector<float> v(b.size());
+  for (size_t i = 0; i < b.size(); ++i) v[i] = bf16_to_f32(b[i]);
+  return v;
+}
+
+// What a bf16 tensor op hands to the next op: v rounded to bf16, as f32.
+inline float round_bf16(float v) { return bf16_to_f32(f32_to_bf16(v)); }
 
 }  // namespace atom::cuda::test

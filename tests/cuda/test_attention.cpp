@@ -36,15 +36,9 @@ namespace {
 
 using test::gpu_visible;
 using test::DeviceBuffer;
-
-const __nv_bfloat16* as_bf16(const DeviceBuffer<uint16_t>& d) {
-  return reinterpret_cast<const __nv_bfloat16*>(d.get());
-}
-__nv_bfloat16* as_bf16_mut(const DeviceBuffer<uint16_t>& d) {
-  return reinterpret_cast<__nv_bfloat16*>(d.get());
-}
-
-float round_bf16(float x) { return bf16_to_f32(f32_to_bf16(x)); }
+using test::as_bf16;
+using test::to_bf16;
+using test::round_bf16;
 
 struct SeqSpec {
   int q_len;    // new query rows
@@ -166,12 +160,6 @@ Problem make_problem(const AttnCase& c) {
   pb.q.resize(size_t(pb.num_tokens * pb.num_heads * pb.head_dim));
   for (float& x : pb.q) x = round_bf16(3.0f * unit(rng));
   return pb;
-}
-
-std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
-  std::vector<uint16_t> b(v.size());
-  for (size_t i = 0; i < v.size(); ++i) b[i] = f32_to_bf16(v[i]);
-  return b;
 }
 
 // The CPU op on the same (bf16-valued) inputs.   [num_tokens, num_heads, head_dim]
@@ -345,13 +333,13 @@ std::vector<uint16_t> run_path(const Problem& pb, DeviceProblem& dp, Path path) 
       DeviceBuffer<uint8_t> workspace(bytes);
       workspace.fill_bytes(0xff);
       paged_attention(as_bf16(dp.q), pb.num_heads, dp.cache, dp.batch, pb.scale,
-                      as_bf16_mut(dp.out), bytes ? workspace.get() : nullptr, bytes, nullptr);
+                      as_bf16(dp.out), bytes ? workspace.get() : nullptr, bytes, nullptr);
       ATOM_CUDA_CHECK(cudaDeviceSynchronize());
       break;
     }
     case Path::kDecodeOneSplit:
       launch_paged_attention_decode(as_bf16(dp.q), pb.num_heads, dp.cache, dp.batch, pb.scale, 1,
-                                    as_bf16_mut(dp.out), nullptr, 0, nullptr);
+                                    as_bf16(dp.out), nullptr, 0, nullptr);
       ATOM_CUDA_CHECK(cudaDeviceSynchronize());
       break;
     case Path::kDecodeManySplits: {
@@ -362,13 +350,13 @@ std::vector<uint16_t> run_path(const Problem& pb, DeviceProblem& dp, Path path) 
       DeviceBuffer<uint8_t> workspace(bytes);
       workspace.fill_bytes(0xff);
       launch_paged_attention_decode(as_bf16(dp.q), pb.num_heads, dp.cache, dp.batch, pb.scale,
-                                    splits, as_bf16_mut(dp.out), workspace.get(), bytes, nullptr);
+                                    splits, as_bf16(dp.out), workspace.get(), bytes, nullptr);
       ATOM_CUDA_CHECK(cudaDeviceSynchronize());
       break;
     }
     case Path::kPrefill:
       launch_paged_attention_prefill(as_bf16(dp.q), pb.num_heads, dp.cache, dp.batch, pb.scale,
-                                     as_bf16_mut(dp.out), nullptr);
+                                     as_bf16(dp.out), nullptr);
       ATOM_CUDA_CHECK(cudaDeviceSynchronize());
       break;
   }
@@ -571,7 +559,7 @@ TEST_F(CudaPagedAttention, DecodeAndPrefillCaptureInCudaGraph) {
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t exec = nullptr;
     ATOM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-    paged_attention(as_bf16(dp.q), pb.num_heads, dp.cache, dp.batch, pb.scale, as_bf16_mut(dp.out),
+    paged_attention(as_bf16(dp.q), pb.num_heads, dp.cache, dp.batch, pb.scale, as_bf16(dp.out),
                     bytes ? workspace.get() : nullptr, bytes, stream);
     ATOM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
     ATOM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
@@ -605,7 +593,7 @@ TEST_F(CudaPagedAttention, RejectsBadArguments) {
   const Problem pb = make_problem(c);
   DeviceProblem dp(pb);
   const auto* q = as_bf16(dp.q);
-  auto* out = as_bf16_mut(dp.out);
+  auto* out = as_bf16(dp.out);
   const auto expect_code = [](ErrorCode code, const auto& fn, const char* what) {
     try {
       fn();

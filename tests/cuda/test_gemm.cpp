@@ -27,23 +27,15 @@ namespace atom::cuda {
 namespace {
 
 using test::DeviceBuffer;
+using test::as_bf16;
+using test::from_bf16;
 using test::gpu_visible;
-
-__nv_bfloat16* as_bf16(const DeviceBuffer<uint16_t>& d) {
-  return reinterpret_cast<__nv_bfloat16*>(d.get());
-}
 
 std::vector<uint16_t> random_bf16(size_t n, uint32_t seed, float lo, float hi) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> dist(lo, hi);
   std::vector<uint16_t> v(n);
   for (uint16_t& x : v) x = f32_to_bf16(dist(rng));
-  return v;
-}
-
-std::vector<float> from_bf16(const std::vector<uint16_t>& b) {
-  std::vector<float> v(b.size());
-  for (size_t i = 0; i < b.size(); ++i) v[i] = bf16_to_f32(b[i]);
   return v;
 }
 

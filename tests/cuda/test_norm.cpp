@@ -24,32 +24,10 @@ namespace {
 
 using test::gpu_visible;
 using test::DeviceBuffer;
-
-std::vector<float> random_floats(size_t n, uint32_t seed, float lo, float hi) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
-
-// bf16 values as their bits (the host side never does bf16 arithmetic).
-std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
-  std::vector<uint16_t> b(v.size());
-  for (size_t i = 0; i < v.size(); ++i) b[i] = f32_to_bf16(v[i]);
-  return b;
-}
-
-std::vector<float> from_bf16(const std::vector<uint16_t>& b) {
-  std::vector<float> v(b.size());
-  for (size_t i = 0; i < b.size(); ++i) v[i] = bf16_to_f32(b[i]);
-  return v;
-}
-
-// bf16 device data is kept as raw bits; kernels see it as __nv_bfloat16.
-__nv_bfloat16* as_bf16(const DeviceBuffer<uint16_t>& d) {
-  return reinterpret_cast<__nv_bfloat16*>(d.get());
-}
+using test::as_bf16;
+using test::random_floats;
+using test::to_bf16;
+using test::from_bf16;
 
 // HF's bf16 RMSNorm of one row, with the inverse RMS in double:
 //   bf16(w * bf16(x * r))

@@ -357,6 +357,8 @@ void OpenAiServer::generate(const HttpRequest& req, const std::shared_ptr<HttpRe
         prompts.push_back(tok_.encode(p.text, r.add_special_tokens.value_or(true)));
         job->prompt_text.push_back(std::move(p.text));
       } else {
+        // Against the tokenizer's vocabulary, which may be smaller than the model's (padded
+        // embeddings; the engine checks that one): echo and streaming decode these ids.
         for (int32_t id : p.ids)
           if (id >= tok_.vocab_size())
             throw bad_request(fmt::format("prompt token id {} is out of range for the "
