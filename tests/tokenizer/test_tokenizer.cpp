@@ -262,6 +262,22 @@ TEST(IncrementalDetokenizer, SentencePieceByteFallbackAndLeadingSpace) {
   EXPECT_EQ(spm.tok->decode(words), "<s> Hello world é日本");
 }
 
+// A model may sample an id of its padded vocabulary rows, which the tokenizer lacks: no text,
+// no error (HF's decode does the same); a negative id is still a bug and throws.
+TEST(IncrementalDetokenizer, IdsPastTheTokenizerVocabularyEmitNoText) {
+  REQUIRE_SHARED();
+  const Loaded spm = load_shared("llama-spm");
+  const int32_t a = *spm.tok->token_to_id("a");
+  const int32_t n = spm.tok->vocab_size();
+  IncrementalDetokenizer detok(*spm.tok, true);
+  EXPECT_EQ(detok.push(a), "a");
+  EXPECT_EQ(detok.push(n), "");
+  EXPECT_EQ(detok.push(n + 1000), "");
+  EXPECT_EQ(detok.push(a), "a");
+  EXPECT_EQ(detok.flush(), "");
+  EXPECT_THROW(detok.push(-1), Error);
+}
+
 TEST(IncrementalDetokenizer, UnfinishedCharacterIsReplacedAtFlush) {
   REQUIRE_SHARED();
   const Loaded spm = load_shared("llama-spm");
@@ -411,8 +427,10 @@ TEST_F(HandMade, DecodeRejectsIdsOutsideTheVocabulary) {
   EXPECT_THROW(tok->decode(Ids{0, 3}), Error);
   EXPECT_THROW(tok->decode(Ids{-1}), Error);
   EXPECT_THROW(tok->token_bytes(3), Error);
+  // Streaming a model's output, an id past the tokenizer (padded LM-head rows) has no text.
   IncrementalDetokenizer detok(*tok, false);
-  EXPECT_THROW(detok.push(3), Error);
+  EXPECT_EQ(detok.push(3), "");
+  EXPECT_THROW(detok.push(-1), Error);
   EXPECT_EQ(tok->bos_id(), -1);
   EXPECT_EQ(tok->eos_id(), -1);
   EXPECT_TRUE(tok->stop_ids().empty());

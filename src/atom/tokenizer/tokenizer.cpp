@@ -433,6 +433,9 @@ IncrementalDetokenizer::IncrementalDetokenizer(const Tokenizer& tok, bool skip_s
 
 std::string IncrementalDetokenizer::push(int32_t id) {
   const Tokenizer::Impl& m = *tok_.impl_;
+  // A model's vocabulary is often padded past its tokenizer's (Qwen2.5: 152064 rows, 151665
+  // tokens); an id in the padding has no text, as in HF's decode, rather than failing the request.
+  if (id >= m.vocab.size()) return {};
   m.check_id(id);
   if (skip_special_ && m.special(id)) return {};
   std::string_view b = m.decoded(id, first_token_);

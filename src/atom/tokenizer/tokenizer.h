@@ -82,7 +82,8 @@ class Tokenizer {
 // Streaming detokenizer: feeds ids one at a time and returns only complete UTF-8 text, never
 // half a character; holds back the bytes of an unfinished character (byte-fallback tokens such
 // as <0xE2> or byte-level tokens that split one). The concatenation of all push() results and
-// flush() equals tok.decode(all ids, skip_special_tokens).
+// flush() equals tok.decode(all ids, skip_special_tokens). Ids past the tokenizer's vocabulary
+// (a model's padded LM-head rows, which a model may sample) emit no text; negative ids throw.
 class IncrementalDetokenizer {
  public:
   IncrementalDetokenizer(const Tokenizer& tok, bool skip_special_tokens);
