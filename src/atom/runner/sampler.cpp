@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
+#include <random>
 
 #include "atom/core/error.h"
+#include "atom/runner/sampling_math.h"
 
 namespace atom {
 
@@ -39,31 +42,39 @@ int32_t argmax(const float* logits, int64_t n) {
 
 Sampler::Sampler(const SamplingParams& params) : params_(params) {
   params_.validate();
-  rng_.seed(params_.seed ? *params_.seed : std::random_device{}());
+  if (params_.seed) {
+    seed_ = *params_.seed;
+  } else {
+    std::random_device rd;
+    seed_ = (uint64_t(rd()) << 32) | uint64_t(rd());
+  }
 }
 
 void Sampler::apply_penalties(float* logits, int64_t vocab, std::span<const int32_t> prompt,
                               std::span<const int32_t> output) {
   const auto in_vocab = [vocab](int32_t id) { return id >= 0 && id < vocab; };
-  if (params_.repetition_penalty != 1.0f) {
+  // penalize_logit (sampling_math.h) is the GPU kernel's arithmetic too: same rounding.
+  const float rep = params_.repetition_penalty;
+  const float freq = params_.frequency_penalty;
+  const float pres = params_.presence_penalty;
+  if (rep != 1.0f) {
     // HF/vLLM: each distinct token seen in prompt or output is penalized once.
     std::vector<bool> seen(size_t(vocab), false);
     for (auto ids : {prompt, output})
       for (int32_t id : ids)
         if (in_vocab(id) && !seen[size_t(id)]) {
           seen[size_t(id)] = true;
-          float& l = logits[id];
-          l = l > 0 ? l / params_.repetition_penalty : l * params_.repetition_penalty;
+          logits[id] = penalize_logit(logits[id], true, 0, rep, 0.0f, 0.0f, true, false);
         }
   }
-  if (params_.frequency_penalty != 0.0f || params_.presence_penalty != 0.0f) {
+  if (freq != 0.0f || pres != 0.0f) {
     counts_.assign(size_t(vocab), 0);
     for (int32_t id : output)
       if (in_vocab(id)) ++counts_[size_t(id)];
     for (int32_t id : output) {
       if (!in_vocab(id) || counts_[size_t(id)] == 0) continue;
-      logits[id] -= params_.frequency_penalty * float(counts_[size_t(id)]) +
-                    params_.presence_penalty;
+      logits[id] =
+          penalize_logit(logits[id], false, counts_[size_t(id)], 1.0f, freq, pres, false, true);
       counts_[size_t(id)] = 0;  // once per distinct token
     }
   }
@@ -75,61 +86,73 @@ void Sampler::apply_penalties(float* logits, int64_t vocab, std::span<const int3
   }
 }
 
-int32_t Sampler::sample(const float* logits, int64_t vocab) {
-  if (params_.greedy()) return argmax(logits, vocab);
+int32_t Sampler::sample(const float* logits, int64_t vocab, uint64_t counter) {
+  ATOM_CHECK(vocab > 0 && vocab <= kMaxSamplingVocab, kInvalidArgument,
+             "sample: vocabulary of {} tokens (1 to {} supported)", vocab, kMaxSamplingVocab);
+  const int32_t best = argmax(logits, vocab);
+  if (params_.greedy()) return best;
 
-  // Unnormalised probabilities exp((logit - max) / T), with ids. Only top-p needs them sorted;
-  // top-k selects with nth_element and min-p filters in place, so the common cases stay O(vocab).
+  const float max_logit = logits[best];
   const float inv_t = 1.0f / params_.temperature;
-  const float max_logit = logits[argmax(logits, vocab)];
-  cand_.resize(size_t(vocab));
+  probs_.resize(size_t(vocab));
   for (int64_t i = 0; i < vocab; ++i)
-    cand_[size_t(i)] = {std::exp((logits[i] - max_logit) * inv_t), int32_t(i)};
-  const auto by_prob = [](const auto& a, const auto& b) {
-    return a.first > b.first || (a.first == b.first && a.second < b.second);
-  };
-  size_t n = size_t(vocab);
-  if (params_.top_k > 0 && size_t(params_.top_k) < n) {
-    n = size_t(params_.top_k);
-    std::nth_element(cand_.begin(), cand_.begin() + long(n) - 1, cand_.end(), by_prob);
-  }
-  double total = 0.0;
-  for (size_t i = 0; i < n; ++i) total += cand_[i].first;
+    probs_[size_t(i)] = sampling_prob(logits[i], max_logit, inv_t);
 
-  // top-p: the smallest set of most likely tokens whose mass reaches top_p (the top one stays).
+  // t_k: p of the k-th largest logit, which is the k-th largest p since p grows with the logit
+  // (the GPU's radix select works on the logits too). O(vocab).
+  float t_k = 0.0f;
+  const int64_t k = params_.top_k;
+  if (k > 0 && k < vocab) {
+    scratch_.assign(logits, logits + vocab);
+    std::nth_element(scratch_.begin(), scratch_.begin() + (k - 1), scratch_.end(),
+                     std::greater<float>());
+    t_k = sampling_prob(scratch_[size_t(k - 1)], max_logit, inv_t);
+  }
+
+  // t_p: walk the kept-by-k tokens from the most likely, a run of equal p at a time, until the
+  // mass reaches the target. Tokens of zero mass can never be the threshold (the target is
+  // reached by the time every token of positive mass is in), so only those with mass are sorted.
+  float t_p = 0.0f;
   if (params_.top_p < 1.0f) {
-    std::sort(cand_.begin(), cand_.begin() + long(n), by_prob);
-    double cum = 0.0;
-    size_t keep = n;
-    for (size_t i = 0; i < n; ++i) {
-      cum += cand_[i].first / total;
-      if (cum >= params_.top_p) {
-        keep = i + 1;
+    uint64_t mass_k = 0;
+    scratch_.clear();
+    for (float p : probs_) {
+      const uint64_t m = p >= t_k ? sampling_mass(p) : 0;
+      if (m == 0) continue;
+      mass_k += m;
+      scratch_.push_back(p);
+    }
+    const uint64_t target = top_p_target(mass_k, params_.top_p);
+    std::sort(scratch_.begin(), scratch_.end(), std::greater<float>());
+    uint64_t cum = 0;
+    for (size_t j = 0; j < scratch_.size();) {
+      const float v = scratch_[j];
+      for (; j < scratch_.size() && scratch_[j] == v; ++j) cum += sampling_mass(scratch_[j]);
+      if (cum >= target) {
+        t_p = v;
         break;
       }
     }
-    n = keep;
   }
 
-  // min-p: drop tokens whose probability is below min_p times the top token's (which is 1 here
-  // unless top-k or top-p removed it, which they never do).
-  if (params_.min_p > 0.0f) {
-    size_t keep = 0;
-    for (size_t i = 0; i < n; ++i)
-      if (cand_[i].first >= params_.min_p) cand_[keep++] = cand_[i];
-    n = keep;
+  // Every token at or above the threshold is kept (ties included); the draw inverts the CDF of
+  // the kept masses in vocabulary order. The top token (p = 1 >= every threshold) keeps the
+  // total positive unless the logits have no maximum (NaN): then the first maximum, as greedy.
+  const float t = std::max({t_k, t_p, params_.min_p});
+  uint64_t total = 0;
+  for (float p : probs_)
+    if (p >= t) total += sampling_mass(p);
+  if (total == 0) return best;
+  const uint64_t r = scale_uniform(sampling_bits53(seed_, counter), total);
+  uint64_t cum = 0;
+  for (int64_t i = 0; i < vocab; ++i) {
+    const float p = probs_[size_t(i)];
+    if (p < t) continue;
+    cum += sampling_mass(p);
+    if (cum > r) return int32_t(i);
   }
-  total = 0.0;
-  for (size_t i = 0; i < n; ++i) total += cand_[i].first;
-
-  std::uniform_real_distribution<double> uni(0.0, total);
-  const double r = uni(rng_);
-  double cum = 0.0;
-  for (size_t i = 0; i < n; ++i) {
-    cum += cand_[i].first;
-    if (r < cum) return cand_[i].second;
-  }
-  return cand_[n - 1].second;
+  ATOM_ASSERT(false);  // r < total: some prefix exceeds it
+  return best;
 }
 
 }  // namespace atom
