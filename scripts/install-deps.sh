@@ -7,6 +7,7 @@ PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git curl python3 python3-pip python3-venv
   nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libfmt-dev libspdlog-dev
   libxxhash-dev libpcre2-dev libgtest-dev libgmock-dev libcurl4-openssl-dev libboost-dev
+  zlib1g-dev
 )
 
 missing=()

@@ -7,8 +7,10 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <sstream>
 
+#include "atom/core/envs.h"
 #include "atom/io/model_path.h"
 #include "common/gguf_writer.h"
 
@@ -187,6 +189,13 @@ TEST(Cli, BadFlagsAndBadInput) {
   expect_clean_error(r, "token id");
   r = atom_run({"chat-template"}, "{\"messages\": 3}");
   expect_clean_error(r, "messages");
+  r = atom_run({"generate", "--prompt", "x", "--cudagraph-capture-sizes", "[1, two]"});
+  expect_clean_error(r, "--cudagraph-capture-sizes");
+  r = atom_run({"generate", "--prompt", "x", "--cudagraph-capture-sizes", "[0,4]"});
+  expect_clean_error(r, "--cudagraph-capture-sizes");
+  r = atom_run({"generate", "--prompt", "x", "--max-tokens", "2", "--cudagraph-capture-sizes",
+                "[1, 2]", "--enforce-eager"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
   r = atom_run({"no-such-command"});
   EXPECT_NE(r.exit_code, 0);
   EXPECT_FALSE(r.crashed);
@@ -251,12 +260,65 @@ TEST(Cli, HfRepoIdResolvesFromTheHfCacheOffline) {
   fs::remove_all(home);
 }
 
+// `atom env`: a header, then every registered variable on its own line, in the table's order,
+// with its default and meaning in their columns and its value as this environment makes it.
 TEST(Cli, EnvListsEveryVariable) {
-  const RunResult r = atom_run({"env"});
+  const RunResult r = atom_run({"env"}, "", {"ATOM_DP_SIZE=4", "HF_TOKEN=hf_not_shown"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  for (const char* v : {"ATOM_DP_RANK", "ATOM_ENFORCE_EAGER", "ATOM_LOG_MORE",
-                        "SAVE_TO_PYTORCH_BENCHMARK_FORMAT", "TRITON_CACHE_DIR"})
-    EXPECT_NE(r.out.find(v), std::string::npos) << v;
+  std::vector<std::string> lines;
+  std::stringstream ss(r.out);
+  for (std::string l; std::getline(ss, l);) lines.push_back(l);
+  ASSERT_EQ(lines.size(), envs::all().size() + 1) << r.out;
+  const size_t value_col = lines[0].find("VALUE"), default_col = lines[0].find("DEFAULT"),
+               meaning_col = lines[0].find("MEANING");
+  ASSERT_TRUE(lines[0].starts_with("NAME") && value_col < default_col && default_col < meaning_col)
+      << lines[0];
+  const auto column = [](const std::string& line, size_t from, size_t to) {
+    std::string c = line.substr(from, to - from);
+    return c.substr(0, c.find_last_not_of(' ') + 1);
+  };
+  for (size_t i = 0; i < envs::all().size(); ++i) {
+    const envs::EnvVarInfo& e = envs::all()[i];
+    const std::string& line = lines[i + 1];
+    EXPECT_EQ(column(line, 0, value_col), e.name) << line;
+    EXPECT_EQ(column(line, default_col, meaning_col), e.default_value) << line;
+    EXPECT_EQ(line.substr(meaning_col), e.description) << line;
+    if (e.name == "ATOM_DP_SIZE") {
+      EXPECT_EQ(column(line, value_col, default_col), "4") << line;
+    }
+    if (e.name == "HF_TOKEN") {
+      EXPECT_EQ(column(line, value_col, default_col), "(set, hidden)") << line;
+    }
+  }
+  EXPECT_EQ(r.out.find("hf_not_shown"), std::string::npos);
+}
+
+// What atom's own variables do, seen from the command line.
+TEST(Cli, EnvironmentVariablesTakeEffect) {
+  const std::vector<std::string> gen = {"generate", "--prompt", "Hi", "--max-tokens", "1"};
+  // ATOM_NUM_THREADS: the compute threads unless --threads says otherwise.
+  RunResult r = atom_run(gen, "", {"ATOM_NUM_THREADS=1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("threads: 1\n"), std::string::npos) << r.err;
+  std::vector<std::string> with_flag = gen;
+  with_flag.insert(with_flag.end(), {"--threads", "3"});
+  r = atom_run(with_flag, "", {"ATOM_NUM_THREADS=1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("threads: 3\n"), std::string::npos) << r.err;
+  expect_clean_error(atom_run(gen, "", {"ATOM_NUM_THREADS=-2"}), "ATOM_NUM_THREADS");
+  // ATOM_CACHE_DIR: where the default model is looked for.
+  const std::string cache = tmp("no_cache");
+  expect_clean_error(atom_run(gen, "", {"ATOM_CACHE_DIR=" + cache}),
+                     cache + "/models/" + std::string(kDefaultModelFile));
+  // ATOM_LOG_MORE: the verbose format for every line; a non-integer is an error.
+  r = atom_run(gen, "", {"ATOM_LOG_MORE=1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(std::regex_search(
+      r.err, std::regex(R"(\[atom INFO\] \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{1,3} - )"
+                        R"(MainProcess:\d+ - \S+:\d+ - \w+\nprompt: )")))
+      << r.err;
+  EXPECT_EQ(r.err.find("[atom] "), std::string::npos) << r.err;
+  expect_clean_error(atom_run(gen, "", {"ATOM_LOG_MORE=yes"}), "ATOM_LOG_MORE");
 }
 
 }  // namespace

@@ -95,6 +95,10 @@ void BlockManager::allocate(Sequence& seq) {
     seq.block_table.push_back(take_free_block());
   seq.num_cached_tokens = int64_t(hit_ids.size()) * block_size_;
   seq.num_computed_tokens = seq.num_cached_tokens;
+  if (enable_prefix_caching_) {
+    num_prefix_queries_ += seq.num_tokens();
+    num_prefix_hits_ += seq.num_cached_tokens;
+  }
 }
 
 void BlockManager::deallocate(Sequence& seq) {

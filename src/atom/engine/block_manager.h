@@ -53,6 +53,11 @@ class BlockManager {
   int64_t block_size() const { return block_size_; }
   bool prefix_caching() const { return enable_prefix_caching_; }
   double usage() const;  // used / total
+  // Prefix-cache lookups, counted in tokens as vLLM counts them: each allocate() with prefix
+  // caching on queries seq.num_tokens() tokens and hits num_cached_tokens of them (both 0 with
+  // prefix caching off). Totals since construction.
+  int64_t num_prefix_queries() const { return num_prefix_queries_; }
+  int64_t num_prefix_hits() const { return num_prefix_hits_; }
 
   // Introspection (tests, metrics).
   int64_t ref_count(int32_t block_id) const;
@@ -85,6 +90,8 @@ class BlockManager {
   std::vector<Block> blocks_;
   std::list<int32_t> free_list_;  // head: least recently freed
   std::unordered_map<uint64_t, int32_t> hash_to_block_;
+  int64_t num_prefix_queries_ = 0;
+  int64_t num_prefix_hits_ = 0;
 };
 
 }  // namespace atom

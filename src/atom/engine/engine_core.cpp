@@ -4,14 +4,31 @@
 
 #include "atom/core/error.h"
 #include "atom/core/logging.h"
+#include "atom/core/profiler.h"
 
 namespace atom {
+
+namespace {
+
+// ATOM's line for a finished request; TPOT is the mean time between its output tokens.
+void log_finished(const RequestOutput& o) {
+  const int64_t n = int64_t(o.output_ids.size());
+  const double tpot = n > 1 ? (o.latency_seconds - o.ttft_seconds) / double(n - 1) : 0.0;
+  ATOM_LOG_INFO(
+      "Request {} finished with reason {}. Input tokens: {}, output tokens: {}, latency: {:.2f}s, "
+      "TTFT: {:.3f}s, TPOT: {:.3f}s",
+      o.request_id, o.raw_finish_reason, o.num_prompt_tokens, n, o.latency_seconds,
+      o.ttft_seconds, tpot);
+}
+
+}  // namespace
 
 EngineCore::EngineCore(std::unique_ptr<LLMEngine> engine) : engine_(std::move(engine)) {
   // omp_set_num_threads (--threads, ATOM_NUM_THREADS) binds only the thread that called it: the
   // engine thread, which runs the CPU forward, takes the creating thread's setting.
   const int threads = omp_get_max_threads();
   thread_ = std::thread([this, threads] {
+    profiler::set_thread_name("engine");
     omp_set_num_threads(threads);
     loop();
   });
@@ -22,12 +39,18 @@ EngineCore::~EngineCore() { shutdown(); }
 int64_t EngineCore::add_request(std::vector<int32_t> prompt, SamplingParams params,
                                 Callback callback) {
   validate(prompt, params);
+  const auto arrival = Sequence::Clock::now();
   const int64_t id = next_id_++;
+  const size_t num_prompt_tokens = prompt.size();
+  const int64_t max_tokens = params.max_tokens;
   {
     std::lock_guard<std::mutex> lock(mu_);
     ATOM_CHECK(!stop_, kInvalidArgument, "the engine is shutting down");
+    // Logged before the engine thread can see the request, so that it precedes its finish line.
+    ATOM_LOG_INFO("Request {} arrived, input tokens: {}, pending requests: {}, max_tokens: {}", id,
+                  num_prompt_tokens, num_unfinished_.load() + 1, max_tokens);
     callbacks_.emplace(id, std::move(callback));
-    pending_.push_back(Pending{id, std::move(prompt), std::move(params)});
+    pending_.push_back(Pending{id, std::move(prompt), std::move(params), arrival});
     ++num_unfinished_;
   }
   cv_.notify_one();
@@ -52,24 +75,52 @@ void EngineCore::shutdown() {
   if (thread_.joinable()) thread_.join();
 }
 
+void EngineCore::queue_profile_command(bool start, ProfileCallback done) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!stop_) {
+      profile_commands_.push_back(ProfileCommand{start, std::move(done)});
+      done = nullptr;
+    }
+  }
+  if (done) {
+    done(std::make_exception_ptr(
+             Error(ErrorCode::kInvalidArgument, "the engine is shutting down")),
+         std::string());
+    return;
+  }
+  cv_.notify_one();
+}
+
+void EngineCore::start_profile(ProfileCallback done) {
+  queue_profile_command(true, std::move(done));
+}
+
+void EngineCore::stop_profile(ProfileCallback done) {
+  queue_profile_command(false, std::move(done));
+}
+
 void EngineCore::loop() {
   for (;;) {
     std::deque<Pending> incoming;
     std::vector<int64_t> aborts;
+    std::deque<ProfileCommand> profile_commands;
     bool stopping;
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [&] {
-        return stop_ || !pending_.empty() || !aborts_.empty() || engine_->has_unfinished();
+        return stop_ || !pending_.empty() || !aborts_.empty() || !profile_commands_.empty() ||
+               engine_->has_unfinished();
       });
       incoming.swap(pending_);
       aborts.swap(aborts_);
+      profile_commands.swap(profile_commands_);
       stopping = stop_;
     }
     std::vector<RequestOutput> outputs;
     for (Pending& p : incoming) {
       try {
-        engine_->add_request(std::move(p.prompt), std::move(p.params), p.id);
+        engine_->add_request(std::move(p.prompt), std::move(p.params), p.id, p.arrival);
       } catch (const Error& e) {  // validated before queuing; report rather than die
         ATOM_LOG_ERROR("request {} rejected: {}", p.id, e.what());
         RequestOutput o;
@@ -80,6 +131,19 @@ void EngineCore::loop() {
       }
     }
     for (int64_t id : aborts) engine_->abort(id);
+    for (ProfileCommand& c : profile_commands) {  // between steps, in the order they came
+      std::exception_ptr error;
+      std::string path;
+      try {
+        if (c.start)
+          engine_->start_profile();
+        else
+          path = engine_->stop_profile();
+      } catch (...) {
+        error = std::current_exception();
+      }
+      if (c.done) c.done(error, path);
+    }
     if (stopping) {  // abort what is left: every callback gets its final output
       std::vector<int64_t> ids;
       {
@@ -113,7 +177,10 @@ void EngineCore::loop() {
         cb = o.finished ? std::move(it->second) : it->second;
         if (o.finished) callbacks_.erase(it);
       }
-      if (o.finished) --num_unfinished_;
+      if (o.finished) {
+        --num_unfinished_;
+        log_finished(o);
+      }
       if (cb) cb(o);
     }
     if (stopping && !engine_->has_unfinished()) {

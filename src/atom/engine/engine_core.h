@@ -9,9 +9,11 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -38,6 +40,13 @@ class EngineCore {
   // Stops accepting work, aborts everything in flight, joins the loop.
   void shutdown();
 
+  // Profiling: LLMEngine::start_profile / stop_profile, run on the engine thread between steps.
+  // `done` runs there with the error (null on success) and, for stop, the trace file's path once
+  // it is complete; after shutdown it runs at once, in the caller's thread, with an error.
+  using ProfileCallback = std::function<void(std::exception_ptr error, const std::string& path)>;
+  void start_profile(ProfileCallback done);
+  void stop_profile(ProfileCallback done);
+
   // Throws atom::Error as add_request would, without queuing anything: a request that expands
   // into several engine requests (n > 1, a batch of prompts) is checked whole before any starts.
   void validate(const std::vector<int32_t>& prompt, const SamplingParams& params) const {
@@ -50,6 +59,8 @@ class EngineCore {
   int64_t num_running() const { return num_running_.load(); }
   int64_t num_waiting() const { return num_waiting_.load(); }
   double kv_cache_usage() const { return kv_usage_.load(); }
+  // Counters and histograms (all atomics: safe to read while the engine thread steps).
+  const EngineStats& stats() const { return engine_->stats(); }
 
  private:
   void loop();
@@ -61,9 +72,16 @@ class EngineCore {
     int64_t id;
     std::vector<int32_t> prompt;
     SamplingParams params;
+    Sequence::Clock::time_point arrival;  // when add_request took it: TTFT counts from here
   };
   std::deque<Pending> pending_;           // guarded by mu_
   std::vector<int64_t> aborts_;           // guarded by mu_
+  struct ProfileCommand {
+    bool start;
+    ProfileCallback done;
+  };
+  std::deque<ProfileCommand> profile_commands_;  // guarded by mu_
+  void queue_profile_command(bool start, ProfileCallback done);
   std::unordered_map<int64_t, Callback> callbacks_;  // guarded by mu_
   bool stop_ = false;                     // guarded by mu_
   std::atomic<int64_t> next_id_{0};

@@ -134,7 +134,10 @@ SchedulerOutput Scheduler::schedule_chunked() {
     // sequence preempted in this call could not fit again anyway, so this is only a guard.
     if (seq->num_inflight_steps > 0 || !blocks_.can_allocate(*seq)) break;
     blocks_.allocate(*seq);  // prefix hits set num_computed_tokens before the budget applies
-    if (seq->num_preemptions == 0) seq->num_prompt_cached_tokens = seq->num_cached_tokens;
+    if (seq->num_preemptions == 0) {
+      seq->num_prompt_cached_tokens = seq->num_cached_tokens;
+      seq->scheduled_time = Sequence::Clock::now();
+    }
     waiting_.pop_front();
     seq->status = SequenceStatus::kRunning;
     running_.push_back(seq);
@@ -162,7 +165,10 @@ SchedulerOutput Scheduler::schedule_prefill_first() {
     if (n > budget || !blocks_.can_allocate(*seq)) break;
     blocks_.allocate(*seq);
     ATOM_ASSERT(seq->num_tokens() - seq->num_computed_tokens == n);
-    if (seq->num_preemptions == 0) seq->num_prompt_cached_tokens = seq->num_cached_tokens;
+    if (seq->num_preemptions == 0) {
+      seq->num_prompt_cached_tokens = seq->num_cached_tokens;
+      seq->scheduled_time = Sequence::Clock::now();
+    }
     waiting_.pop_front();
     seq->status = SequenceStatus::kRunning;
     running_.push_back(seq);

@@ -61,6 +61,7 @@ class Sequence {
   std::string raw_finish_reason;  // ATOM: "eos" | "stop_<id>" | "stop_sequence" | "max_tokens" |
                                   // "abort"
   Clock::time_point arrival_time;
+  Clock::time_point scheduled_time;    // time_point{} until first admitted to running
   Clock::time_point first_token_time;  // time_point{} until the first output token
   Clock::time_point finish_time;       // time_point{} until finished
 

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "atom/core/error.h"
+#include "atom/core/profiler.h"
 
 namespace atom {
 
@@ -57,6 +58,7 @@ class DecoderModel final : public Model {
                  "token id {} out of range for vocabulary size {}", id, cfg_.vocab_size);
 
     ws_.resize(T, H, I, q_size, kv_size);
+    ws_memory_.resize(int64_t(ws_.capacity_bytes()));
     const cpu::AttentionBatch attn{b.cu_seqlens_q.data(), b.seq_lens.data(), b.block_tables.data(),
                                    b.num_seqs(), b.max_blocks_per_seq};
     const float scale = 1.0f / std::sqrt(float(D));
@@ -64,6 +66,8 @@ class DecoderModel final : public Model {
     cpu::embedding(w_.embed, b.token_ids.data(), T, ws_.residual.data());  // [T, H]
     for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
       const DecoderLayerWeights& L = w_.layers[size_t(l)];
+      profiler::Scope layer_scope(profiler::kMoreOnly, "layer", l, "model",
+                                  {{"tokens", T}, {"hidden", H}, {"heads", nh}, {"kv_heads", nkv}});
       // --- attention block ---
       if (l == 0) {
         cpu::rms_norm(ws_.residual.data(), L.attn_norm.data(), T, H, eps(), ws_.h.data());
@@ -112,6 +116,8 @@ class DecoderModel final : public Model {
       std::memcpy(sel.data() + i * H, ws_.h.data() + int64_t(row) * H, size_t(H) * sizeof(float));
     }
     logits.resize(size_t(n_out * cfg_.vocab_size));
+    profiler::Scope head_scope(profiler::kMoreOnly, "lm_head", -1, "model",
+                               {{"rows", n_out}, {"hidden", H}, {"vocab", cfg_.vocab_size}});
     cpu::matmul(sel.data(), n_out, w_.lm_head, logits.data());  // [n_out, vocab]
   }
 
@@ -131,6 +137,13 @@ class DecoderModel final : public Model {
       gate_up.resize(size_t(T * 2 * I));
       act.resize(size_t(T * I));
       mlp_out.resize(size_t(T * H));
+    }
+    size_t capacity_bytes() const {
+      size_t n = 0;
+      for (const auto* buf : {&residual, &h, &qkv, &q, &k, &v, &attn, &attn_out, &gate_up, &act,
+                              &mlp_out, &selected})
+        n += buf->capacity();
+      return n * sizeof(float);
     }
   };
 
@@ -175,6 +188,7 @@ class DecoderModel final : public Model {
   DecoderWeights w_;
   cpu::RopeTable rope_;
   Workspace ws_;
+  profiler::MemoryRecord ws_memory_{"cpu workspace", 0};  // ws_'s bytes, for the profiler
 };
 
 }  // namespace

@@ -67,6 +67,7 @@ KvCache::KvCache(int64_t num_layers, int64_t num_blocks, int64_t block_size, int
              block_size);
   size_ = size_t(num_layers * 2 * num_blocks * block_size * num_kv_heads * head_dim);
   storage_.reset(new float[size_]);
+  memory_ = profiler::MemoryRecord("cpu kv cache", int64_t(nbytes()));
 }
 
 cpu::KvCacheView KvCache::layer(int64_t i) {

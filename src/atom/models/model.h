@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "atom/backends/cpu/ops.h"
+#include "atom/core/profiler.h"
 
 namespace atom {
 
@@ -109,6 +110,7 @@ class KvCache {
   // untouched pages of a large pool then cost no memory.
   std::unique_ptr<float[]> storage_;
   size_t size_ = 0;
+  profiler::MemoryRecord memory_;  // storage_'s bytes, for the profiler
 };
 
 class Model {

@@ -5,13 +5,22 @@
 #include <algorithm>
 
 #include "atom/core/error.h"
+#include "atom/core/logging.h"
+#include "atom/core/profiler.h"
 
 namespace atom {
 
 ModelRunner::ModelRunner(Model& model, int64_t num_blocks, int64_t block_size)
     : model_(model),
       kv_(model.config().num_hidden_layers, num_blocks, block_size,
-          model.config().num_key_value_heads, model.config().head_dim) {}
+          model.config().num_key_value_heads, model.config().head_dim) {
+  const ModelConfig& c = model.config();
+  ATOM_LOG_INFO("KV cache allocated: {} blocks of {} tokens ({} tokens), {:.2f} GiB f32 for {} "
+                "layers x {} KV heads x {} head_dim",
+                num_blocks, block_size, num_blocks * block_size,
+                double(kv_.nbytes()) / double(size_t(1) << 30), c.num_hidden_layers,
+                c.num_key_value_heads, c.head_dim);
+}
 
 ModelRunner::~ModelRunner() {
   {
@@ -56,6 +65,7 @@ ForwardBatch ModelRunner::plan(std::span<const StepSeq> seqs) const {
 
 ModelRunner::Job ModelRunner::make_job(std::span<const StepSeq> seqs) {
   Job job;
+  profiler::Scope scope("plan", "runner", {{"seqs", int64_t(seqs.size())}});
   job.batch = plan(seqs);
   for (size_t i = 0; i < seqs.size(); ++i) {
     const StepSeq& s = seqs[i];
@@ -98,7 +108,12 @@ std::vector<int32_t> ModelRunner::run(Job& job) {
   for (int32_t id : job.batch.token_ids)
     ATOM_CHECK(id >= 0 && id < vocab, kInternal, "input token id {} outside the vocabulary ({})",
                id, vocab);
-  model_.forward(job.batch, kv_, logits_);
+  {
+    profiler::Scope scope("forward", "runner",
+                          {{"tokens", job.batch.num_tokens()}, {"seqs", job.batch.num_seqs()}});
+    model_.forward(job.batch, kv_, logits_);
+  }
+  profiler::Scope sample_scope("sample", "runner", {{"rows", int64_t(job.samples.size())}});
   std::vector<int32_t> sampled;
   sampled.reserve(job.samples.size());
   for (size_t row = 0; row < job.samples.size(); ++row) {
@@ -111,7 +126,8 @@ std::vector<int32_t> ModelRunner::run(Job& job) {
     const auto prompt = all.first(size_t(s.num_prompt_tokens));
     const auto output = all.subspan(size_t(s.num_prompt_tokens));
     it->second.apply_penalties(logits, vocab, prompt, output);
-    sampled.push_back(it->second.sample(logits, vocab));
+    // The draw of the token's position in the output (the in-flight token counts).
+    sampled.push_back(it->second.sample(logits, vocab, uint64_t(output.size())));
   }
   // After every row: a row's input above must read the previous step's id, not this one's.
   for (size_t row = 0; row < job.samples.size(); ++row)
@@ -162,6 +178,7 @@ std::vector<int32_t> ModelRunner::collect() {
 }
 
 void ModelRunner::worker_loop() {
+  profiler::set_thread_name("runner");
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     work_cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });

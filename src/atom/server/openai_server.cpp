@@ -163,7 +163,6 @@ struct OpenAiServer::Job {
       ch.stop_reason = stop_reason(o);
       ch.completion_tokens = int64_t(o.output_ids.size());
       ch.cached_tokens = o.num_cached_tokens;
-      server->generation_tokens_total_ += ch.completion_tokens;
     }
     if (stream && (!o.delta_text.empty() || o.finished)) {
       send_event(chunk(chunk_choice(i, o.delta_text,
@@ -300,9 +299,40 @@ void OpenAiServer::route(const HttpRequest& req, const std::shared_ptr<HttpRespo
   } else if (p == "/detokenize") {
     detokenize(req, res);
   } else {  // /start_profile, /stop_profile
-    throw bad_request("profiling is not enabled on this server: atom serve has no trace "
-                      "profiler yet, so there is nothing to start or stop");
+    profile(p == "/start_profile", res);
   }
+}
+
+void OpenAiServer::profile(bool start, const std::shared_ptr<HttpResponder>& res) {
+  if (engine_.config().torch_profiler_dir.empty())
+    throw bad_request("profiling is not enabled on this server: start atom serve with "
+                      "--torch-profiler-dir DIR (or set ATOM_TORCH_PROFILER_DIR)");
+  // Answered from the engine thread once it ran the command between steps; a stop answers
+  // only when the trace file is complete.
+  auto done = [res, start](std::exception_ptr error, const std::string& path) {
+    if (error) {
+      try {
+        std::rethrow_exception(error);
+      } catch (const Error& e) {
+        const bool client = e.code() == ErrorCode::kInvalidArgument;
+        if (!client) ATOM_LOG_ERROR("profiler: {}", e.what());
+        send_error(res, client ? bad_request(e.what()) : api_error(500, e.what()));
+      } catch (const std::exception& e) {
+        ATOM_LOG_ERROR("profiler: {}", e.what());
+        send_error(res, api_error(500, std::string("internal error: ") + e.what()));
+      }
+      return;
+    }
+    ojson body;
+    body["status"] = "success";
+    body["message"] = start ? "Profiling started" : "Profiling stopped. Trace files generated.";
+    if (!start) body["trace"] = path;
+    send_json(res, 200, body);
+  };
+  if (start)
+    engine_.start_profile(std::move(done));
+  else
+    engine_.stop_profile(std::move(done));
 }
 
 void OpenAiServer::check_model(const std::optional<std::string>& model) const {
@@ -406,7 +436,6 @@ void OpenAiServer::generate(const HttpRequest& req, const std::shared_ptr<HttpRe
                                      engine_.num_unfinished(), config_.max_pending_requests));
   }
   ++requests_total_;
-  for (int64_t n : job->prompt_tokens) prompt_tokens_total_ += n * r.n;
   job->remaining = job->choices.size();
   job->start();
   for (size_t i = 0; i < job->choices.size(); ++i) {
@@ -483,28 +512,56 @@ void OpenAiServer::detokenize(const HttpRequest& req, const std::shared_ptr<Http
 }
 
 std::string OpenAiServer::metrics() const {
-  std::string out;
-  const std::string label = fmt::format("{{model_name=\"{}\"}}", config_.served_model_name);
-  const auto metric = [&](const char* name, const char* type, const char* help, auto value) {
-    out += fmt::format("# HELP {} {}\n# TYPE {} {}\n{}{} {}\n", name, help, name, type, name,
-                       label, value);
+  const EngineStats& st = engine_.stats();
+  const auto load = [](const std::atomic<int64_t>& c) {
+    return double(c.load(std::memory_order_relaxed));
   };
-  metric("atom:num_requests_running", "gauge", "Requests in the running batch.",
-         engine_.num_running());
-  metric("atom:num_requests_waiting", "gauge", "Requests waiting to be scheduled.",
-         engine_.num_waiting());
-  metric("atom:kv_cache_usage_perc", "gauge", "Fraction of KV-cache blocks in use (0 to 1).",
-         engine_.kv_cache_usage());
-  metric("atom:request_total", "counter", "API requests accepted for generation.",
-         requests_total_.load());
-  metric("atom:prompt_tokens_total", "counter", "Prompt tokens of accepted requests.",
-         prompt_tokens_total_.load());
-  metric("atom:generation_tokens_total", "counter", "Tokens generated for finished requests.",
-         generation_tokens_total_.load());
-  metric("atom:request_aborted_by_client_total", "counter",
-         "Engine requests aborted because their client disconnected.",
-         aborted_by_client_.load());
-  return out;
+  PrometheusWriter w({{"model_name", config_.served_model_name}});
+  w.gauge("atom:num_requests_running", "Number of requests in model execution batches.",
+          double(engine_.num_running()));
+  w.gauge("atom:num_requests_waiting", "Number of requests waiting to be processed.",
+          double(engine_.num_waiting()));
+  w.gauge("atom:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
+          engine_.kv_cache_usage());
+  w.counter("atom:prefix_cache_queries_total",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            load(st.prefix_cache_queries));
+  w.counter("atom:prefix_cache_hits_total",
+            "Prefix cache hits, in terms of number of cached tokens.", load(st.prefix_cache_hits));
+  w.counter("atom:num_preemptions_total", "Cumulative number of preemption from the engine.",
+            load(st.num_preemptions));
+  w.counter("atom:prompt_tokens_total", "Number of prefill tokens processed.",
+            load(st.prompt_tokens));
+  w.counter("atom:generation_tokens_total", "Number of generation tokens processed.",
+            load(st.generation_tokens));
+  std::array<std::pair<std::string_view, double>, kFinishReasonNames.size()> finished;
+  for (size_t i = 0; i < finished.size(); ++i)
+    finished[i] = {kFinishReasonNames[i], load(st.request_success[i])};
+  w.labelled_counter("atom:request_success_total", "Count of successfully processed requests.",
+                     "finished_reason", finished);
+  w.histogram("atom:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+              st.time_to_first_token.snapshot());
+  // vLLM's two names for the same per-token observations (the first is the deprecated one).
+  const Histogram::Snapshot itl = st.inter_token_latency.snapshot();
+  w.histogram("atom:time_per_output_token_seconds",
+              "Histogram of time per output token in seconds.", itl);
+  w.histogram("atom:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
+              itl);
+  w.histogram("atom:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
+              st.e2e_request_latency.snapshot());
+  w.histogram("atom:request_queue_time_seconds",
+              "Histogram of time spent in WAITING phase for request.",
+              st.request_queue_time.snapshot());
+  w.histogram("atom:request_prompt_tokens", "Number of prefill tokens processed.",
+              st.request_prompt_tokens.snapshot());
+  w.histogram("atom:request_generation_tokens", "Number of generation tokens processed.",
+              st.request_generation_tokens.snapshot());
+  w.counter("atom:request_total", "API requests accepted for generation.",
+            load(requests_total_));
+  w.counter("atom:request_aborted_by_client_total",
+            "Engine requests aborted because their client disconnected.",
+            load(aborted_by_client_));
+  return w.text();
 }
 
 }  // namespace atom::server

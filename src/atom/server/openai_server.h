@@ -38,7 +38,9 @@ class OpenAiServer {
   // Shutdown has begun: new generation requests get 503, those in flight go on.
   void set_draining() { draining_ = true; }
 
-  // Prometheus text exposition of the engine's gauges and the server's counters.
+  // Prometheus text exposition (version 0.0.4) under vLLM's names with an "atom:" prefix: the
+  // engine's gauges, counters and histograms (docs/serving.md lists them) and the server's own
+  // counters, every sample labelled model_name="<served model name>".
   std::string metrics() const;
 
   // The error body the HTTP layer uses for what it answers itself.
@@ -55,16 +57,16 @@ class OpenAiServer {
                                    const nlohmann::ordered_json& kwargs,
                                    bool add_generation_prompt, bool add_special_tokens) const;
   void check_model(const std::optional<std::string>& model) const;
+  // /start_profile and /stop_profile: 400 without a profiler directory or out of order.
+  void profile(bool start, const std::shared_ptr<HttpResponder>& res);
 
   EngineCore& engine_;
   const Tokenizer& tok_;
   OpenAiServerConfig config_;
   std::optional<ChatTemplate> template_;
   std::atomic<bool> draining_{false};
-  // Counters for /metrics.
+  // The server's own counters for /metrics (the engine keeps the rest).
   std::atomic<int64_t> requests_total_{0};
-  std::atomic<int64_t> prompt_tokens_total_{0};
-  std::atomic<int64_t> generation_tokens_total_{0};
   std::atomic<int64_t> aborted_by_client_{0};
 };
 
