@@ -3,7 +3,9 @@
 # (relative to the repo root) from requirements-test.txt. Idempotent: when the environment was
 # already built from the same requirements by the same interpreter, it returns at once without
 # running pip. The interpreter is ${PYTHON:-python3}; it needs the venv and ensurepip modules,
-# which Debian ships in the package python3-venv.
+# which Debian ships in the package python3-venv. With ATOM_WHEELHOUSE=DIR the packages come
+# from the wheels in DIR and no package index is contacted (hosts without network access; see
+# scripts/pack-gpu-deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,5 +38,10 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sys' >/dev/nul
   "$python" -m venv "$venv"
 fi
 echo "setup-python: installing $requirements into $venv" >&2
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements" >&2
+source_args=()
+if [ -n "${ATOM_WHEELHOUSE:-}" ]; then
+  source_args=(--no-index --find-links "$ATOM_WHEELHOUSE")
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${source_args[@]}" \
+  -r "$requirements" >&2
 echo "$want" >"$stamp"

@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -25,6 +26,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
+
+
+# The device the servers run on (scripts/gpu-e2e.sh sets cuda): a few tests allow for the GPU's
+# batch-dependent numerics (test_concurrency.py says how).
+DEVICE = os.environ.get("ATOM_E2E_DEVICE", "cpu")
 
 
 def atom_binary() -> Path:
@@ -208,7 +214,13 @@ def start_server(*extra_args: str, model_name: str = DEFAULT_MODEL_NAME) -> Serv
             pytrace=False,
         )
     port = free_port()
-    args = [str(binary), "serve", "--host", "127.0.0.1", "--server-port", str(port), *extra_args]
+    # ATOM_E2E_SERVE_ARGS: flags every server gets first (e.g. on a GPU host, where several
+    # servers share the card: "--gpu-memory-utilization 0.05"); the test's own flags follow.
+    common = shlex.split(os.environ.get("ATOM_E2E_SERVE_ARGS", ""))
+    args = [
+        str(binary), "serve", "--host", "127.0.0.1", "--server-port", str(port), *common,
+        *extra_args,
+    ]
     fd, log_name = tempfile.mkstemp(prefix="atom-serve-", suffix=".log")
     os.close(fd)
     log_path = Path(log_name)

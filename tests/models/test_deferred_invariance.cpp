@@ -177,10 +177,16 @@ TEST_F(DeferredOutput, Preemption) {
     EngineConfig c = config(true, 9);
     c.scheduler.max_model_len = 128;
     int64_t preempted_sync = 0, preempted_async = 0;
+    // Every sequence runs to max_tokens, so the pool runs out whatever the samples are.
+    std::vector<SamplingParams> ps = params(seeded);
+    for (SamplingParams& p : ps) {
+      p.ignore_eos = true;
+      p.stop_token_ids.clear();
+    }
     c.async_output = false;
-    const std::vector<Result> sync = run(c, prompts_, params(seeded), &preempted_sync);
+    const std::vector<Result> sync = run(c, prompts_, ps, &preempted_sync);
     c.async_output = true;
-    const std::vector<Result> async = run(c, prompts_, params(seeded), &preempted_async);
+    const std::vector<Result> async = run(c, prompts_, ps, &preempted_async);
     EXPECT_EQ(async, sync) << seeded;
     EXPECT_GT(preempted_sync, 0);
     EXPECT_GT(preempted_async, 0);

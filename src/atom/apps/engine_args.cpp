@@ -2,7 +2,10 @@
 
 #include <omp.h>
 
+#include <cctype>
+#include <charconv>
 #include <filesystem>
+#include <string_view>
 
 #include "atom/core/envs.h"
 #include "atom/core/error.h"
@@ -37,7 +40,18 @@ void EngineArgs::add_to(CLI::App& app) {
   app.add_flag("--no-chunked-prefill", no_chunked_prefill,
                "ATOM's policy: whole prompts in prefill-only steps, decodes in other steps");
   app.add_flag("--enforce-eager,--enforce_eager", enforce_eager,
-               "No CUDA graphs (the CPU backend always runs eagerly)");
+               "No CUDA graphs (also ATOM_ENFORCE_EAGER=1; the CPU backend always runs eagerly)");
+  app.add_option("--cudagraph-capture-sizes,--cudagraph_capture_sizes", cudagraph_capture_sizes,
+                 "Decode batch sizes captured as CUDA graphs, e.g. \"[1,2,4,8]\" (default: "
+                 "[1,2,4,8,16,32,48,64,128,256]; sizes above --max-num-seqs are dropped)")
+      ->check([](const std::string& v) {
+        try {
+          (void)parse_capture_sizes(v);
+          return std::string();
+        } catch (const std::exception& e) {
+          return std::string(e.what());
+        }
+      });
   app.add_option("--cpu-kv-cache-space", cpu_kv_cache_space, "KV cache size on the CPU, GiB")
       ->check(CLI::PositiveNumber);
   app.add_option("--threads", threads, "CPU threads (default: ATOM_NUM_THREADS, else all)");
@@ -51,6 +65,14 @@ void EngineArgs::add_to(CLI::App& app) {
                  "Fraction of the GPU's memory for weights, activations and the KV cache")
       ->check(CLI::Range(0.01, 1.0))
       ->capture_default_str();
+  app.add_option("--num-gpu-blocks-override,--num_gpu_blocks_override", num_gpu_blocks_override,
+                 "KV blocks of the GPU pool, instead of what --gpu-memory-utilization leaves "
+                 "(vLLM's flag; for tests and for sharing a GPU)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--torch-profiler-dir,--torch_profiler_dir", torch_profiler_dir,
+                 "Directory for Chrome traces (gzip JSON, per rank) recorded between "
+                 "/start_profile and /stop_profile (default: ATOM_TORCH_PROFILER_DIR; unset: "
+                 "profiling off)");
 }
 
 std::string default_device() {
@@ -72,7 +94,46 @@ EngineConfig EngineArgs::engine_config() const {
   c.device = device.empty() ? default_device() : device;
   c.async_output = async_output.value_or(c.device == "cuda");
   c.gpu_memory_utilization = gpu_memory_utilization;
+  if (c.device == "cuda") c.num_kv_blocks = num_gpu_blocks_override;
+  // Unlike ATOM's CLI, which always passes None, the variable is the flag's fallback.
+  c.torch_profiler_dir = !torch_profiler_dir.empty()
+                             ? torch_profiler_dir
+                             : envs::ATOM_TORCH_PROFILER_DIR().value_or(std::string());
+  // As ATOM: the flag also sets ATOM_ENFORCE_EAGER for everything this process starts; the
+  // variable alone (=1) turns graphs off too (make_runner reads it).
+  c.enforce_eager = enforce_eager;
+  if (enforce_eager) envs::set("ATOM_ENFORCE_EAGER", "1");
+  if (!cudagraph_capture_sizes.empty())
+    c.cudagraph_capture_sizes = parse_capture_sizes(cudagraph_capture_sizes);
   return c;
+}
+
+std::vector<int64_t> parse_capture_sizes(const std::string& text) {
+  std::string_view v(text);
+  auto trim = [](std::string_view x) {
+    while (!x.empty() && std::isspace(static_cast<unsigned char>(x.front()))) x.remove_prefix(1);
+    while (!x.empty() && std::isspace(static_cast<unsigned char>(x.back()))) x.remove_suffix(1);
+    return x;
+  };
+  v = trim(v);
+  if (v.size() >= 2 && v.front() == '[' && v.back() == ']') v = trim(v.substr(1, v.size() - 2));
+  std::vector<int64_t> sizes;
+  if (v.empty()) return sizes;
+  while (true) {
+    const size_t comma = v.find(',');
+    const std::string_view item = trim(v.substr(0, comma));
+    int64_t n = 0;
+    const auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), n);
+    ATOM_CHECK(!item.empty() && ec == std::errc() && ptr == item.data() + item.size() && n > 0,
+               kInvalidArgument,
+               "--cudagraph-capture-sizes: \"{}\" is not a list of positive integers like "
+               "[1,2,4,8] (at \"{}\")",
+               text, item);
+    sizes.push_back(n);
+    if (comma == std::string_view::npos) break;
+    v.remove_prefix(comma + 1);
+  }
+  return sizes;
 }
 
 LoadFormat ModelSource::format() const {

@@ -34,7 +34,9 @@ struct EngineArgs {
   int64_t max_num_batched_tokens = 16384;
   bool enable_prefix_caching = false;
   bool no_chunked_prefill = false;
-  bool enforce_eager = false;       // accepted for ATOM compatibility; the CPU runs eagerly
+  bool enforce_eager = false;  // no CUDA graphs (also ATOM_ENFORCE_EAGER=1); the CPU is eager
+  // ATOM's Python list literal, e.g. "[1,2,4,8]" (brackets optional); empty: ATOM's default.
+  std::string cudagraph_capture_sizes;
   double cpu_kv_cache_space = 1.0;  // GiB of KV cache on the CPU backend
   int64_t threads = 0;
   // Deferred output (SPEC 3.4); unset: on for the CUDA device, off for the CPU, where the
@@ -42,10 +44,17 @@ struct EngineArgs {
   std::optional<bool> async_output;
   std::string device;                   // "cuda" or "cpu"; empty: default_device()
   double gpu_memory_utilization = 0.9;  // share of the GPU's memory atom may use (KV pool)
+  int64_t num_gpu_blocks_override = 0;  // vLLM's: the GPU KV pool in blocks (0: from the budget)
+  // Enables /start_profile, /stop_profile and LLMEngine::start_profile; empty: the
+  // ATOM_TORCH_PROFILER_DIR variable, else profiling is off.
+  std::string torch_profiler_dir;
 
   void add_to(CLI::App& app);
   EngineConfig engine_config() const;
 };
+
+// "[1, 2, 4]", "1,2,4" or "[]" -> sizes; kInvalidArgument for anything but positive integers.
+std::vector<int64_t> parse_capture_sizes(const std::string& text);
 
 // "cuda" when this build has the CUDA backend and a GPU is visible, else "cpu".
 std::string default_device();

@@ -4,7 +4,9 @@
 #include <chrono>
 #include <cstdio>
 
+#include "atom/core/envs.h"
 #include "atom/core/error.h"
+#include "atom/core/profiler.h"
 #include "atom/io/hf_config.h"
 #ifdef ATOM_HAVE_CUDA
 #include "atom/runner/cuda/cuda_model_runner.h"
@@ -32,23 +34,26 @@ EngineConfig resolve_engine_config(EngineConfig c, const ModelConfig& m, const T
   if (c.num_kv_blocks <= 0) {
     if (c.device == "cuda") {
 #ifdef ATOM_HAVE_CUDA
-      c.num_kv_blocks = cuda_num_kv_blocks(m, c.block_size, c.scheduler.max_num_batched_tokens,
-                                           c.scheduler.max_num_seqs, len,
-                                           c.gpu_memory_utilization);
+      c.num_kv_blocks = 0;  // sized by the runner (cuda_model_runner.h)
+      return c;
 #else
       throw_error(ErrorCode::kUnsupported, "device 'cuda': this build of atom has no CUDA backend");
 #endif
-    } else {
-      c.num_kv_blocks = ModelRunner::num_blocks_for_bytes(m, c.kv_cache_bytes, c.block_size);
     }
+    c.num_kv_blocks = ModelRunner::num_blocks_for_bytes(m, c.kv_cache_bytes, c.block_size);
   }
+  check_kv_blocks(c);
+  return c;
+}
+
+void check_kv_blocks(const EngineConfig& c) {
+  const int64_t len = c.scheduler.max_model_len;
   const int64_t needed = (len + c.block_size - 1) / c.block_size;
   ATOM_CHECK(c.num_kv_blocks >= needed, kInvalidArgument,
              "the KV cache holds {} blocks of {} tokens, too few for one sequence of "
-             "max_model_len {} tokens ({} blocks): raise the KV cache size or lower "
-             "--max-model-len",
+             "max_model_len {} tokens ({} blocks): raise the KV cache size (--gpu-memory-"
+             "utilization, --cpu-kv-cache-space) or lower --max-model-len",
              c.num_kv_blocks, c.block_size, len, needed);
-  return c;
 }
 
 std::unique_ptr<Runner> make_runner(Model& model, const EngineConfig& c) {
@@ -62,6 +67,9 @@ std::unique_ptr<Runner> make_runner(Model& model, const EngineConfig& c) {
   rc.max_num_batched_tokens = c.scheduler.max_num_batched_tokens;
   rc.max_num_seqs = c.scheduler.max_num_seqs;
   rc.max_model_len = c.scheduler.max_model_len;
+  rc.gpu_memory_utilization = c.gpu_memory_utilization;
+  rc.enforce_eager = c.enforce_eager || envs::ATOM_ENFORCE_EAGER();
+  rc.cudagraph_capture_sizes = c.cudagraph_capture_sizes;
   return std::make_unique<CudaModelRunner>(model, rc);
 #else
   throw_error(ErrorCode::kUnsupported, "device 'cuda': this build of atom has no CUDA backend");
@@ -73,8 +81,14 @@ LLMEngine::LLMEngine(Model& model, const Tokenizer& tokenizer, EngineConfig conf
       tok_(tokenizer),
       config_(resolve_engine_config(std::move(config), model.config(), tokenizer)),
       runner_(make_runner(model, config_)),
-      blocks_(config_.num_kv_blocks, config_.block_size, config_.enable_prefix_caching),
+      blocks_(adopt_runner_blocks(), config_.block_size, config_.enable_prefix_caching),
       scheduler_(config_.scheduler, blocks_) {}
+
+int64_t LLMEngine::adopt_runner_blocks() {
+  config_.num_kv_blocks = runner_->num_blocks();  // the CUDA runner sizes its own pool
+  check_kv_blocks(config_);
+  return config_.num_kv_blocks;
+}
 
 void LLMEngine::validate(const std::vector<int32_t>& prompt, const SamplingParams& params) const {
   params.validate();
@@ -90,14 +104,18 @@ void LLMEngine::validate(const std::vector<int32_t>& prompt, const SamplingParam
              len, prompt.size(), params.max_tokens, int64_t(prompt.size()) + params.max_tokens);
 }
 
-int64_t LLMEngine::add_request(std::vector<int32_t> prompt, SamplingParams params, int64_t id) {
+int64_t LLMEngine::add_request(std::vector<int32_t> prompt, SamplingParams params, int64_t id,
+                               Sequence::Clock::time_point arrival_time) {
   validate(prompt, params);
   auto seq = std::make_shared<Sequence>(std::move(prompt), std::move(params), config_.block_size,
                                         id);
+  if (arrival_time != Sequence::Clock::time_point{}) seq->arrival_time = arrival_time;
   Request r{seq, std::make_unique<RequestText>(tok_, seq->params)};
   scheduler_.add(seq);
   const int64_t rid = seq->id();
   requests_.emplace(rid, std::move(r));
+  profiler::instant("request added", "request",
+                    {{"id", rid}, {"prompt_tokens", seq->num_prompt_tokens}});
   return rid;
 }
 
@@ -130,9 +148,15 @@ RequestOutput LLMEngine::finish_output(Request& r) {
   o.stop_string = r.text->matched_stop();
   o.num_prompt_tokens = s.num_prompt_tokens;
   o.num_cached_tokens = s.num_prompt_cached_tokens;
+  profiler::instant("request finished", "request",
+                    {{"id", o.request_id}, {"output_tokens", int64_t(o.output_ids.size())}});
   const auto now = std::chrono::steady_clock::now();
   o.latency_seconds = seconds_between(s.arrival_time, now);
   if (s.num_output_tokens() > 0) o.ttft_seconds = seconds_between(s.arrival_time, s.first_token_time);
+  const bool scheduled = s.scheduled_time != Sequence::Clock::time_point{};
+  stats_.record_finished(o.finish_reason, s.num_prompt_tokens, int64_t(o.output_ids.size()),
+                         o.latency_seconds,
+                         scheduled ? seconds_between(s.arrival_time, s.scheduled_time) : -1.0);
   return o;
 }
 
@@ -152,6 +176,7 @@ std::vector<StepSeq> LLMEngine::make_steps(const SchedulerOutput& sched) const {
 
 void LLMEngine::emit_outputs(const SchedulerOutput& sched, std::span<const int32_t> sampled,
                              std::vector<RequestOutput>& outputs) {
+  const auto now = Sequence::Clock::now();  // one clock read per step for the statistics
   size_t k = 0;
   for (const ScheduledSeq& ss : sched.seqs) {
     if (!ss.needs_sample) continue;
@@ -161,6 +186,12 @@ void LLMEngine::emit_outputs(const SchedulerOutput& sched, std::span<const int32
     // Gone: aborted, or (deferred output) finished by the step before, so this token is dropped.
     if (it == requests_.end()) continue;
     Request& r = it->second;
+    if (r.last_token_time == Sequence::Clock::time_point{})
+      stats_.record_first_token(s.num_prompt_tokens,
+                                seconds_between(s.arrival_time, s.first_token_time));
+    else
+      stats_.record_next_token(seconds_between(r.last_token_time, now));
+    r.last_token_time = now;
     const bool check_stop = s.num_final_output_tokens() >= s.params.min_tokens;
     // A stop token (EOS or a stop id) ends the output without adding its text, as in vLLM; it
     // still counts as a generated token.
@@ -185,18 +216,31 @@ void LLMEngine::emit_outputs(const SchedulerOutput& sched, std::span<const int32
 }
 
 void LLMEngine::step_sync(std::vector<RequestOutput>& outputs) {
-  const SchedulerOutput sched = scheduler_.schedule();
+  const SchedulerOutput sched = [&] {
+    profiler::Scope scope("schedule", "engine");
+    return scheduler_.schedule();
+  }();
   if (sched.empty()) return;
+  log_scheduled_batch(sched);
   const std::vector<int32_t> sampled = runner_->execute(make_steps(sched));
-  scheduler_.postprocess(sched, sampled);
+  {
+    profiler::Scope scope("postprocess", "engine");
+    scheduler_.postprocess(sched, sampled);
+  }
+  profiler::Scope scope("outputs", "engine");  // tokens, detokenization, stop strings
   emit_outputs(sched, sampled, outputs);
 }
 
 void LLMEngine::step_async(std::vector<RequestOutput>& outputs) {
   // Plan and start step N; the runner takes the ids of N-1 (still running) from its record.
-  SchedulerOutput sched = scheduler_.schedule();
+  SchedulerOutput sched = [&] {
+    profiler::Scope scope("schedule", "engine");
+    return scheduler_.schedule();
+  }();
   const bool submitted = !sched.empty();
   if (submitted) {
+    log_scheduled_batch(sched);
+    profiler::Scope scope("submit", "engine");
     runner_->submit(make_steps(sched));
     scheduler_.mark_in_flight(sched);
     inflight_.push_back(std::move(sched));
@@ -206,6 +250,7 @@ void LLMEngine::step_async(std::vector<RequestOutput>& outputs) {
   if (inflight_.empty() || (submitted && inflight_.size() < 2)) return;
   std::vector<int32_t> sampled;
   try {
+    profiler::Scope scope("collect", "engine");  // waits for the step in flight
     sampled = runner_->collect();
   } catch (...) {
     drain_after_failure();
@@ -213,7 +258,11 @@ void LLMEngine::step_async(std::vector<RequestOutput>& outputs) {
   }
   const SchedulerOutput done = std::move(inflight_.front());
   inflight_.pop_front();
-  scheduler_.postprocess(done, sampled);
+  {
+    profiler::Scope scope("postprocess", "engine");
+    scheduler_.postprocess(done, sampled);
+  }
+  profiler::Scope scope("outputs", "engine");  // tokens, detokenization, stop strings
   emit_outputs(done, sampled, outputs);
 }
 
@@ -232,10 +281,17 @@ void LLMEngine::drain_after_failure() {
 std::vector<RequestOutput> LLMEngine::step() {
   // Abort reports are taken only after the step succeeded: a failing step loses none of them.
   std::vector<RequestOutput> stepped;
-  if (config_.async_output)
-    step_async(stepped);
-  else
-    step_sync(stepped);
+  {
+    profiler::Scope scope("step", "engine", {{"requests", int64_t(requests_.size())}});
+    if (config_.async_output)
+      step_async(stepped);
+    else
+      step_sync(stepped);
+  }
+  // Totals the scheduler and block manager keep, published for readers on other threads.
+  stats_.num_preemptions.store(scheduler_.num_preemptions(), std::memory_order_relaxed);
+  stats_.prefix_cache_queries.store(blocks_.num_prefix_queries(), std::memory_order_relaxed);
+  stats_.prefix_cache_hits.store(blocks_.num_prefix_hits(), std::memory_order_relaxed);
   std::vector<RequestOutput> outputs = std::move(aborted_);
   aborted_.clear();
   outputs.insert(outputs.end(), std::make_move_iterator(stepped.begin()),

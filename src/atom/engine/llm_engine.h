@@ -22,6 +22,7 @@
 #include "atom/engine/output_processor.h"
 #include "atom/engine/scheduler.h"
 #include "atom/engine/sequence.h"
+#include "atom/engine/stats.h"
 #include "atom/runner/model_runner.h"
 #include "atom/runner/runner.h"
 #include "atom/tokenizer/tokenizer.h"
@@ -46,8 +47,17 @@ struct EngineConfig {
   // The backend: "cpu" (ModelRunner) or "cuda" (CudaModelRunner, in builds with CUDA only).
   std::string device = "cpu";
   // "cuda" with num_kv_blocks == 0: the KV pool is this fraction of the GPU's memory minus the
-  // weights and the activation workspace (kv_cache_bytes is the CPU's budget only).
+  // weights, the activation workspace, the CUDA graphs and what the device already uses
+  // (kv_cache_bytes is the CPU's budget only).
   double gpu_memory_utilization = 0.9;
+  // Profiling (SPEC 8.1, core/profiler.h): where start_profile() writes the traces, in a
+  // per-rank folder; empty: profiling is not configured and start_profile() is an error.
+  std::string torch_profiler_dir;
+  // CUDA graphs for decode steps (device "cuda"): the batch sizes captured (ATOM's default
+  // list; sizes above max_num_seqs are dropped), none with enforce_eager or
+  // ATOM_ENFORCE_EAGER=1.
+  bool enforce_eager = false;
+  std::vector<int64_t> cudagraph_capture_sizes = {1, 2, 4, 8, 16, 32, 48, 64, 128, 256};
 };
 
 // What a request produced in one step (and, when finished, in total).
@@ -74,7 +84,10 @@ class LLMEngine {
 
   // Throws atom::Error(kInvalidArgument / kOutOfRange) for an empty prompt, bad parameters, or
   // prompt + max_tokens beyond max_model_len. Returns the request id (id < 0: the next one).
-  int64_t add_request(std::vector<int32_t> prompt, SamplingParams params, int64_t id = -1);
+  // `arrival_time` (default: now) is where TTFT, queue time and latency are measured from: the
+  // server passes the moment the request reached EngineCore, before it waited for a step.
+  int64_t add_request(std::vector<int32_t> prompt, SamplingParams params, int64_t id = -1,
+                      Sequence::Clock::time_point arrival_time = {});
   void validate(const std::vector<int32_t>& prompt, const SamplingParams& params) const;
   // One engine step; outputs for every request that progressed or finished (aborts included).
   // With async_output they are those of the step submitted by the previous call (the first
@@ -95,11 +108,24 @@ class LLMEngine {
   const BlockManager& block_manager() const { return blocks_; }
   const Scheduler& scheduler() const { return scheduler_; }
 
+  // Profiling (engine_profile.cpp): records a Chrome trace of this process into
+  // config().torch_profiler_dir/<rank folder> (rank_0, or dp<d>_tp<t>). Throws
+  // atom::Error(kInvalidArgument) when no directory is configured, when a session is already
+  // running (start) or none is (stop). stop_profile() returns once the file is complete, with
+  // its path. Call them from the thread that steps the engine, between steps.
+  void start_profile();
+  std::string stop_profile();
+  // Counters and histograms for /metrics: written by the thread that steps, readable from any.
+  const EngineStats& stats() const { return stats_; }
+
  private:
   struct Request {
     SequencePtr seq;
     std::unique_ptr<RequestText> text;
+    Sequence::Clock::time_point last_token_time{};  // of the last token emitted (statistics)
   };
+  // config_.num_kv_blocks from the runner (which may have sized it), checked; for blocks_.
+  int64_t adopt_runner_blocks();
   RequestOutput finish_output(Request& r);
   std::vector<StepSeq> make_steps(const SchedulerOutput& sched) const;
   // Tokens, stop strings, detokenization and outputs of a step the scheduler postprocessed.
@@ -119,15 +145,19 @@ class LLMEngine {
   std::unordered_map<int64_t, Request> requests_;
   std::vector<RequestOutput> aborted_;    // reported by the next step()
   std::deque<SchedulerOutput> inflight_;  // async_output: submitted, not postprocessed (<= 2)
+  EngineStats stats_{config_.scheduler.max_model_len};
 };
 
 // The runner config.device names, over `model`, with config's (resolved) KV blocks and limits;
 // kInvalidArgument for an unknown device, kUnsupported for "cuda" in a build without CUDA.
 std::unique_ptr<Runner> make_runner(Model& model, const EngineConfig& config);
 
-// Fills in config.scheduler.max_model_len (0 means the model's context), the EOS id and the KV
-// block count for `model`, checking that one max_model_len sequence fits.
+// Fills in config.scheduler.max_model_len (0 means the model's context), the EOS id and, on the
+// CPU, the KV block count for `model`, checking that one max_model_len sequence fits. On "cuda"
+// a KV block count of 0 stays 0: the runner sizes the pool after its warm-up.
 EngineConfig resolve_engine_config(EngineConfig config, const ModelConfig& model,
                                    const Tokenizer& tokenizer);
+// kInvalidArgument unless config.num_kv_blocks holds one max_model_len sequence.
+void check_kv_blocks(const EngineConfig& config);
 
 }  // namespace atom

@@ -52,7 +52,8 @@ struct Params {
   const __nv_bfloat16* v_cache;  // [num_blocks, block_size, num_kv_heads, head_dim]
   const int32_t* cu_seqlens_q;   // [num_seqs + 1]
   const int32_t* seq_lens;       // [num_seqs]
-  const int32_t* block_tables;   // [num_seqs, max_blocks_per_seq]
+  const int32_t* block_tables;   // [num_seqs, stride]
+  const int32_t* block_table_stride;  // device: the row stride, or null for max_blocks_per_seq
   int64_t num_blocks;
   int64_t max_blocks_per_seq;
   int num_seqs;
@@ -73,7 +74,9 @@ struct Params {
 __device__ __forceinline__ KvSource kv_source(const Params& p, int seq, int kv_head, int head_dim) {
   return KvSource{p.k_cache,
                   p.v_cache,
-                  p.block_tables + int64_t(seq) * p.max_blocks_per_seq,
+                  p.block_tables + int64_t(seq) * (p.block_table_stride != nullptr
+                                                       ? int64_t(*p.block_table_stride)
+                                                       : p.max_blocks_per_seq),
                   p.num_blocks,
                   p.block_size,
                   int64_t(p.num_kv_heads) * head_dim,
@@ -571,6 +574,7 @@ Params make_params(const __nv_bfloat16* q, int64_t num_heads, const PagedKvCache
   p.cu_seqlens_q = batch.cu_seqlens_q;
   p.seq_lens = batch.seq_lens;
   p.block_tables = batch.block_tables;
+  p.block_table_stride = batch.block_table_stride;
   p.num_blocks = cache.num_blocks;
   p.max_blocks_per_seq = batch.max_blocks_per_seq;
   p.num_seqs = int(batch.num_seqs);

@@ -45,10 +45,14 @@ struct PagedKvCache {
 struct PagedAttentionBatch {
   const int32_t* cu_seqlens_q = nullptr;  // [num_seqs + 1], device
   const int32_t* seq_lens = nullptr;      // [num_seqs], device
-  const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq], device
+  const int32_t* block_tables = nullptr;  // [num_seqs, stride], device
+  // Optional device int32: the row stride of block_tables, <= max_blocks_per_seq. A CUDA graph
+  // captured once for a batch size reads the stride of each replay's tables from here, so the
+  // tables can be as narrow as the replayed batch needs. Null: the stride is max_blocks_per_seq.
+  const int32_t* block_table_stride = nullptr;
   int64_t num_seqs = 0;
   int64_t num_tokens = 0;          // query rows in the batch (rows of q and out)
-  int64_t max_blocks_per_seq = 0;  // row stride of block_tables
+  int64_t max_blocks_per_seq = 0;  // row stride of block_tables (a bound with block_table_stride)
   // Picks the kernel: <= 1 promises at most one query row per sequence (the decode kernel
   // computes only a sequence's last row); anything larger runs the prefill kernel.
   int64_t max_q_len = 0;

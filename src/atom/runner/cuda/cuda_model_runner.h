@@ -8,10 +8,23 @@
 // the KV write, paged attention, O GEMM, add+norm, gate_up GEMM, SiLU-and-mul, down GEMM; final
 // norm and the LM head only for the rows that sample).
 //
-// Sampling: greedy requests (without penalties or min_tokens) are sampled on the GPU (argmax)
-// and only their ids come back. Other requests copy their logits rows back and use the host
-// Sampler, penalties included, which makes that step synchronous; GPU sampling will replace
-// this path.
+// Start-up (SPEC 3.7, 3.8): weights and workspace, then a worst-case warm-up (a prefill of
+// max_num_batched_tokens over max_model_len sequences and a full decode batch, on a one-block
+// KV pool) that loads every kernel and cuBLASLt plan; then, unless num_blocks is given, the KV
+// pool takes what is left of gpu_memory_utilization after what the device uses by then and the
+// CUDA graphs' measured memory; then the decode graphs are captured (one per capture size,
+// largest first). The budget is logged.
+//
+// CUDA graphs: a step whose sequences all decode one token and sample, and whose batch fits a
+// captured size, is padded to the smallest captured size >= its batch (padded rows: position 0,
+// no KV write, empty context) and replayed; anything else runs eagerly. Its metadata sits at
+// offsets that depend only on the captured size (the block tables last, their row stride read
+// by the attention kernels from the device), so a replay needs only the one upload.
+//
+// Sampling runs on the GPU for every request (cuda/sampling.h: greedy, temperature, top-k,
+// top-p, min-p, per-request seeds, repetition/frequency/presence penalties, min_tokens) and only
+// the sampled ids come back. Penalties use the distinct tokens each sequence has seen, kept on
+// the host and uploaded with the step; an in-flight token is read on the device.
 //
 // Deferred output: submit() launches the step and an asynchronous copy of its ids, collect()
 // waits on the step's event. The runner keeps each sequence's last sampled id on the GPU (one
@@ -34,15 +47,19 @@ namespace atom {
 struct StepSeq;
 
 struct CudaRunnerConfig {
-  int64_t num_blocks = 0;  // KV blocks in the pool
+  int64_t num_blocks = 0;  // KV blocks in the pool; 0: from gpu_memory_utilization
   int64_t block_size = 16;
   int64_t max_num_batched_tokens = 16384;  // tokens of one step: the activation workspace
   int64_t max_num_seqs = 512;              // sequences of one step: metadata and logits rows
   int64_t max_model_len = 8192;            // longest context: block tables, attention workspace
-  int device = 0;                          // CUDA device ordinal
+  double gpu_memory_utilization = 0.9;     // with num_blocks == 0: share of the GPU's memory
+  bool enforce_eager = false;              // no CUDA graphs
+  // Decode batch sizes to capture (ATOM's default list); sizes above max_num_seqs are dropped.
+  std::vector<int64_t> cudagraph_capture_sizes = {1, 2, 4, 8, 16, 32, 48, 64, 128, 256};
+  int device = 0;  // CUDA device ordinal
 };
 
-// Device memory the runner needs besides the KV pool, for the budget of --gpu-memory-utilization.
+// Device memory the runner needs besides the KV pool and the graphs.
 struct CudaMemoryPlan {
   size_t weight_bytes = 0;      // bf16 weights
   size_t workspace_bytes = 0;   // activations, logits, attention and GEMM workspaces, metadata
@@ -51,13 +68,6 @@ struct CudaMemoryPlan {
 CudaMemoryPlan cuda_memory_plan(const ModelConfig& cfg, int64_t block_size,
                                 int64_t max_num_batched_tokens, int64_t max_num_seqs,
                                 int64_t max_model_len);
-
-// KV blocks of `block_size` tokens that fit in `utilization` of the GPU's memory after what the
-// device already uses, the weights and the workspace; logs the budget. kInvalidArgument when
-// none fit.
-int64_t cuda_num_kv_blocks(const ModelConfig& cfg, int64_t block_size,
-                           int64_t max_num_batched_tokens, int64_t max_num_seqs,
-                           int64_t max_model_len, double utilization, int device = 0);
 
 // CUDA devices visible (0 when the driver or the device is absent).
 int cuda_device_count();
@@ -80,8 +90,15 @@ class CudaModelRunner final : public Runner {
   int64_t block_size() const override;
 
   // Runs the forward of a step without sampling and returns the f32 logits of its sampling rows,
-  // [rows, vocab] (for tests against the CPU model). No step may be in flight.
+  // [rows, vocab] (for tests against the CPU model), through a CUDA graph when a step would
+  // use one. No step may be in flight.
   std::vector<float> forward_logits(std::span<const StepSeq> seqs);
+
+  // The decode batch sizes captured as CUDA graphs, ascending (empty when eager).
+  std::vector<int64_t> graph_sizes() const;
+  // Steps run so far through a graph replay and eagerly (forward_logits included).
+  int64_t num_graph_steps() const;
+  int64_t num_eager_steps() const;
 
  private:
   struct Impl;
