@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# One command for a GPU host: configure with CUDA (sm_90a), build, run every GPU test and the CPU
-# op tests they are checked against, benchmark the CUDA runner on a tiny dummy model, and print a
-# short summary table last. Build dependencies come from ./.deps when present
-# (packed Debian packages, see the README), else from the system.
+# One command for a GPU host: configure with CUDA (sm_90a), build, run every GPU test (kernels
+# against their CPU twins, the runner against the CPU engine, atom against HF transformers),
+# compute-sanitizer over the op tests, the benchmarks, the end-to-end server tests against
+# `atom serve` on the GPU (scripts/gpu-e2e.sh) when the default model is on the host, and print a
+# short summary table last. Build dependencies come from ./.deps when present (packed Debian
+# packages and wheels, scripts/pack-gpu-deps.sh), else from the system.
 #   scripts/gpu-check.sh [extra ctest args]
-# ATOM_CHECK_CPU_ORACLES=0 skips building and running the CPU op suites (a quicker GPU-only run;
-# CI runs them anyway), ATOM_CHECK_SANITIZER=0 the compute-sanitizer pass, ATOM_CHECK_BENCH_8B=0
-# the benchmarks on the Llama-3.1-8B shape. Each skip shows in the table.
+# ATOM_CHECK_CPU_ORACLES=1 also builds and runs the CPU op suites the kernels are checked
+# against (CI runs them on every change); ATOM_CHECK_SANITIZER=0 skips the compute-sanitizer
+# pass, ATOM_CHECK_BENCH_8B=0 the benchmarks on the Llama-3.1-8B shape, ATOM_CHECK_E2E=0 the
+# server tests; ATOM_MODEL_PARTS=DIR gives the default model in pieces (see gpu-e2e.sh). Each
+# skip shows in the table.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${ATOM_BUILD_DIR:-build-gpu}
@@ -36,7 +40,7 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DATOM_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES=90a -DATOM_HTTP_TESTS=OFF "${prefix[@]}" >"$build.configure.log" 2>&1 || status_build=FAILED
 # The GPU tests, the atom binary (for the benchmark) and the CPU ops the kernels are checked
 # against.
-cpu_oracles=${ATOM_CHECK_CPU_ORACLES:-1}
+cpu_oracles=${ATOM_CHECK_CPU_ORACLES:-0}
 targets=(test_cuda atom)
 [ "$cpu_oracles" = 0 ] || targets+=(test_cpu test_quants)
 targets+=(test_hf_parity)  # the HF parity tests (see their section below)
@@ -70,7 +74,7 @@ rc=0
 gpu_line=$(summary gpu -L gpu "$@") || rc=1
 # The CPU oracles of the kernels (ops and quants); model tests need the default model, which
 # GPU hosts do not have.
-cpu_line="skipped (ATOM_CHECK_CPU_ORACLES=0)"
+cpu_line="not run (CI runs them; ATOM_CHECK_CPU_ORACLES=1 here)"
 if [ "$cpu_oracles" != 0 ]; then
   cpu_line=$(summary cpu -L '^(cpu|quants)$' -j 8 "$@") || rc=1
 fi
@@ -113,7 +117,7 @@ elif command -v compute-sanitizer >/dev/null; then
   status=$?
   if [ $status -eq 0 ]; then
     sanitizer_line="clean: $(grep -E "ERROR SUMMARY" "$build.sanitizer.log" | tail -1)"
-    sanitizer_line="$sanitizer_line, $(grep -E "tests? ran" "$build.sanitizer.log" | tail -1)"
+    sanitizer_line="$sanitizer_line, $(grep -E "tests from .* ran" "$build.sanitizer.log" | tail -1)"
   else
     rc=1
     sanitizer_line="FAILED (exit $status$([ $status = 124 ] && echo ": timed out")):"
@@ -176,6 +180,19 @@ if [ "${ATOM_CHECK_BENCH_8B:-1}" != 0 ]; then
   bench_8b=$(bench 8b-b1-graphs "${b1_8b[@]}") || rc=1
   bench_8b_eager=$(bench 8b-b1-eager "${b1_8b[@]}" --enforce-eager) || rc=1
 fi
+# The end-to-end server tests against `atom serve` on this GPU, when the default model is here.
+e2e_line="skipped (ATOM_CHECK_E2E=0)"
+if [ "${ATOM_CHECK_E2E:-1}" != 0 ]; then
+  model_file="${ATOM_CACHE_DIR:-$HOME/.cache/atom}/models/$(sed -n 's/^GGUF_NAME=//p' scripts/fetch-model.sh)"
+  if [ -n "${ATOM_MODEL_PARTS:-}" ] || [ -f "$model_file" ]; then
+    ATOM_BUILD_DIR="$build" timeout 450 scripts/gpu-e2e.sh -q -p no:cacheprovider \
+      >"$build.e2e.log" 2>&1 || rc=1
+    e2e_line=$(grep -E "[0-9]+ (passed|failed)" "$build.e2e.log" | tail -1)
+    grep -E "^FAILED" "$build.e2e.log" | head -10
+  else
+    e2e_line="NOT RUN: the default model is not on this host (ATOM_MODEL_PARTS=DIR of its pieces)"
+  fi
+fi
 echo
 echo "| step | result |"
 echo "|---|---|"
@@ -189,4 +206,5 @@ echo "| bench throughput, dummy 8x1024 Llama, 128 seqs: graphs | ${bench_small} 
 echo "| same, --enforce-eager | ${bench_small_eager} |"
 echo "| batch-1 decode, Llama-3.1-8B shape, 128 in / 256 out: graphs | ${bench_8b} |"
 echo "| same, --enforce-eager | ${bench_8b_eager} |"
+echo "| e2e server tests (atom serve on the GPU) | ${e2e_line:-FAILED} |"
 exit $rc
