@@ -19,14 +19,21 @@ namespace {
 
 // Document order of the environment-variable reference; atom's own variables follow.
 constexpr std::array kTable = {
-    EnvVarInfo{"ATOM_DP_RANK", "int", "0", "Rank of this process in data parallelism."},
+    // The data-parallel ones are the fallbacks of the engine's flags (flag > variable >
+    // default, engine/parallel_config.h): the meaning names the flag that overrides each.
+    EnvVarInfo{"ATOM_DP_RANK", "int", "0",
+               "Rank of this process in data parallelism (--data-parallel-rank overrides)."},
     EnvVarInfo{"ATOM_DP_RANK_LOCAL", "int", "0",
-               "Local rank of this process in data parallelism (SPMD mode)."},
-    EnvVarInfo{"ATOM_DP_SIZE", "int", "1", "Total number of data-parallel ranks."},
+               "Local rank of this process in data parallelism (SPMD mode) "
+               "(--data-parallel-rank-local overrides)."},
+    EnvVarInfo{"ATOM_DP_SIZE", "int", "1",
+               "Total number of data-parallel ranks (-dp/--data-parallel-size overrides)."},
     EnvVarInfo{"ATOM_DP_MASTER_IP", "str", "127.0.0.1",
-               "Master IP address for data-parallel rank coordination."},
+               "Master IP address for data-parallel rank coordination "
+               "(--data-parallel-master-ip overrides)."},
     EnvVarInfo{"ATOM_DP_MASTER_PORT", "int", "29500",
-               "Master port for data-parallel rank coordination."},
+               "Master port for data-parallel rank coordination (--data-parallel-master-port "
+               "overrides)."},
     EnvVarInfo{"ATOM_ENFORCE_EAGER", "bool", "0",
                "If 1, launch kernels eagerly instead of replaying CUDA graphs."},
     EnvVarInfo{"ATOM_USE_TRITON_GEMM", "bool", "0",
@@ -40,7 +47,7 @@ constexpr std::array kTable = {
     EnvVarInfo{"ATOM_ENABLE_DS_QKNORM_QUANT_FUSION", "bool", "1",
                "If 1, fuse the DeepSeek MLA q/kv norm with quantization."},
     EnvVarInfo{"ATOM_ENABLE_QK_NORM_ROPE_CACHE_QUANT_FUSION", "bool", "0",
-               "If 1, fuse q/k norm, RoPE and KV-cache write (+quant) in one kernel (Qwen3-MoE)."},
+               "If 1, fuse q/k norm, RoPE and KV-cache write (+quant) in one op (Qwen3)."},
     EnvVarInfo{"ATOM_LLAMA_ENABLE_AITER_TRITON_FUSED_RMSNORM_QUANT", "bool", "1",
                "If 1, fuse the Llama RMSNorm with quantization."},
     EnvVarInfo{"ATOM_LLAMA_ENABLE_AITER_TRITON_FUSED_SILU_MUL_QUANT", "bool", "1",

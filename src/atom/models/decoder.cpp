@@ -4,9 +4,11 @@
 #include "atom/models/decoder.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 
+#include "atom/core/envs.h"
 #include "atom/core/error.h"
 #include "atom/core/profiler.h"
 
@@ -46,6 +48,10 @@ class DecoderModel final : public Model {
 
   const ModelConfig& config() const override { return cfg_; }
   DecoderParts parts() const { return DecoderParts{&w_, variant_, &rope_}; }
+  DecoderPathCounts path_counts() const {
+    return DecoderPathCounts{forwards_.load(std::memory_order_relaxed),
+                             fused_qk_forwards_.load(std::memory_order_relaxed)};
+  }
 
   void forward(const ForwardBatch& b, KvCache& kv, std::vector<float>& logits) override {
     const int64_t T = b.num_tokens();
@@ -62,6 +68,13 @@ class DecoderModel final : public Model {
     const cpu::AttentionBatch attn{b.cu_seqlens_q.data(), b.seq_lens.data(), b.block_tables.data(),
                                    b.num_seqs(), b.max_blocks_per_seq};
     const float scale = 1.0f / std::sqrt(float(D));
+    // ATOM_ENABLE_QK_NORM_ROPE_CACHE_QUANT_FUSION: q/k norm, RoPE and the KV-cache write in one
+    // pass (the quant step waits for an FP8 KV cache). Read once per forward, so every layer of a
+    // step takes the same path and a value set between steps (envs re-read the environment)
+    // applies from the next one. Models without q/k norm (Llama) have nothing to fuse.
+    const bool fuse_qk = variant_.qk_norm && envs::ATOM_ENABLE_QK_NORM_ROPE_CACHE_QUANT_FUSION();
+    forwards_.fetch_add(1, std::memory_order_relaxed);
+    if (fuse_qk) fused_qk_forwards_.fetch_add(1, std::memory_order_relaxed);
 
     cpu::embedding(w_.embed, b.token_ids.data(), T, ws_.residual.data());  // [T, H]
     for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
@@ -76,14 +89,21 @@ class DecoderModel final : public Model {
                           ws_.h.data());
       }
       project_qkv(L, T, q_size, kv_size);  // q [T, nh, D], k and v [T, nkv, D]
-      if (variant_.qk_norm) {              // per head: rows of D values
-        cpu::rms_norm(ws_.q.data(), L.q_norm.data(), T * nh, D, eps(), ws_.q.data());
-        cpu::rms_norm(ws_.k.data(), L.k_norm.data(), T * nkv, D, eps(), ws_.k.data());
-      }
-      cpu::rope_neox(ws_.q.data(), b.positions.data(), T, nh, D, cfg_.rotary_dim, rope_);
-      cpu::rope_neox(ws_.k.data(), b.positions.data(), T, nkv, D, cfg_.rotary_dim, rope_);
       const cpu::KvCacheView cache = kv.layer(l);
-      cpu::reshape_and_cache(ws_.k.data(), ws_.v.data(), b.slot_mapping.data(), T, cache);
+      if (fuse_qk) {  // one pass: the same q, k and cache, bit for bit, as the branch below
+        const cpu::QkNormRopeArgs args{L.q_norm.data(), L.k_norm.data(), eps(), cfg_.rotary_dim,
+                                       &rope_};
+        cpu::qk_norm_rope_and_cache(ws_.q.data(), ws_.k.data(), ws_.v.data(), b.positions.data(),
+                                    b.slot_mapping.data(), T, nh, args, cache);
+      } else {
+        if (variant_.qk_norm) {  // per head: rows of D values
+          cpu::rms_norm(ws_.q.data(), L.q_norm.data(), T * nh, D, eps(), ws_.q.data());
+          cpu::rms_norm(ws_.k.data(), L.k_norm.data(), T * nkv, D, eps(), ws_.k.data());
+        }
+        cpu::rope_neox(ws_.q.data(), b.positions.data(), T, nh, D, cfg_.rotary_dim, rope_);
+        cpu::rope_neox(ws_.k.data(), b.positions.data(), T, nkv, D, cfg_.rotary_dim, rope_);
+        cpu::reshape_and_cache(ws_.k.data(), ws_.v.data(), b.slot_mapping.data(), T, cache);
+      }
       cpu::paged_attention(ws_.q.data(), nh, cache, attn, scale, ws_.attn.data());
       cpu::matmul(ws_.attn.data(), T, L.o, ws_.attn_out.data());  // [T, H]
       if (!L.o_bias.empty()) add_bias(ws_.attn_out.data(), T, H, L.o_bias.data());
@@ -189,6 +209,8 @@ class DecoderModel final : public Model {
   cpu::RopeTable rope_;
   Workspace ws_;
   profiler::MemoryRecord ws_memory_{"cpu workspace", 0};  // ws_'s bytes, for the profiler
+  // decoder_path_counts(); atomic so another thread may read them while a step runs.
+  std::atomic<int64_t> forwards_{0}, fused_qk_forwards_{0};
 };
 
 }  // namespace
@@ -209,6 +231,11 @@ cpu::QMatrix stack_rows(const std::vector<StackPart>& parts, WeightStorage& stor
 DecoderParts decoder_parts(const Model& model) {
   const auto* d = dynamic_cast<const DecoderModel*>(&model);
   return d ? d->parts() : DecoderParts{};
+}
+
+DecoderPathCounts decoder_path_counts(const Model& model) {
+  const auto* d = dynamic_cast<const DecoderModel*>(&model);
+  return d ? d->path_counts() : DecoderPathCounts{};
 }
 
 std::unique_ptr<Model> make_decoder_model(ModelConfig config, DecoderVariant variant,

@@ -69,6 +69,16 @@ struct DecoderParts {
 };
 DecoderParts decoder_parts(const Model& model);
 
+// Which code paths a DecoderModel's CPU forwards took, for tests to observe a switch without
+// timing. Zeros when `model` is not a DecoderModel.
+struct DecoderPathCounts {
+  int64_t forwards = 0;
+  // Forwards that ran the fused cpu::qk_norm_rope_and_cache instead of rms_norm + rope_neox +
+  // reshape_and_cache: ATOM_ENABLE_QK_NORM_ROPE_CACHE_QUANT_FUSION=1 on a q/k-norm model (Qwen3).
+  int64_t fused_qk_norm_rope_cache = 0;
+};
+DecoderPathCounts decoder_path_counts(const Model& model);
+
 std::unique_ptr<Model> make_decoder_model(ModelConfig config, DecoderVariant variant,
                                           DecoderWeights weights, cpu::RopeTable rope);
 

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "atom/backends/cpu/ops.h"
+#include "atom/backends/cpu/row_kernels.h"
 #include "atom/core/error.h"
 
 namespace atom::cpu {
@@ -18,19 +19,24 @@ inline float inv_rms(float sum_sq, int64_t dim, float eps) {
 
 }  // namespace
 
+namespace detail {
+
+void rms_norm_row(const float* x, const float* weight, int64_t dim, float eps, float* out) {
+  float sum_sq = 0.0f;
+#pragma omp simd reduction(+ : sum_sq)
+  for (int64_t i = 0; i < dim; ++i) sum_sq += x[i] * x[i];
+  const float r = inv_rms(sum_sq, dim, eps);
+#pragma omp simd
+  for (int64_t i = 0; i < dim; ++i) out[i] = (x[i] * r) * weight[i];
+}
+
+}  // namespace detail
+
 void rms_norm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out) {
   ATOM_CHECK(n >= 0 && dim > 0, kInvalidArgument, "rms_norm of [{}, {}]", n, dim);
 #pragma omp parallel for schedule(static) if (n > 1 && n * dim >= kParallelElems)
-  for (int64_t t = 0; t < n; ++t) {
-    const float* xr = x + t * dim;
-    float* o = out + t * dim;
-    float sum_sq = 0.0f;
-#pragma omp simd reduction(+ : sum_sq)
-    for (int64_t i = 0; i < dim; ++i) sum_sq += xr[i] * xr[i];
-    const float r = inv_rms(sum_sq, dim, eps);
-#pragma omp simd
-    for (int64_t i = 0; i < dim; ++i) o[i] = (xr[i] * r) * weight[i];
-  }
+  for (int64_t t = 0; t < n; ++t)
+    detail::rms_norm_row(x + t * dim, weight, dim, eps, out + t * dim);
 }
 
 void add_rms_norm(const float* x, float* residual, const float* weight, int64_t n, int64_t dim,

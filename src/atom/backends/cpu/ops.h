@@ -107,6 +107,28 @@ struct AttentionBatch {
 void paged_attention(const float* q, int64_t num_heads, const KvCacheView& cache,
                      const AttentionBatch& batch, float scale, float* out);
 
+// --- fused q/k norm + RoPE + KV-cache write ---
+// Qwen3's attention prologue in one pass over the tokens, the CPU path of
+// ATOM_ENABLE_QK_NORM_ROPE_CACHE_QUANT_FUSION (its quant step waits for an FP8 KV cache).
+// One pass over q, k and v instead of three; per token t:
+//   each q head: rms_norm(q_weight) then rope_neox;  each k head: rms_norm(k_weight) then rope_neox
+//   (cos/sin of positions[t] computed once for both);  k[t], v[t] -> cache slot slot_mapping[t]
+// The same compiled row kernels as rms_norm + rope_neox (q, k) + reshape_and_cache, so the
+// results (q, k, cache) equal the unfused sequence's bit for bit.
+//   q: [n_tokens, num_heads, head_dim], k: [n_tokens, cache.num_kv_heads, head_dim], both in
+//   place; v: [n_tokens, cache.num_kv_heads, head_dim]; q_weight, k_weight: [head_dim];
+//   positions, slot_mapping: [n_tokens] (slot -1 = skip)
+struct QkNormRopeArgs {
+  const float* q_weight = nullptr;
+  const float* k_weight = nullptr;
+  float eps = 1e-6f;
+  int64_t rotary_dim = 0;
+  const RopeTable* rope = nullptr;
+};
+void qk_norm_rope_and_cache(float* q, float* k, const float* v, const int32_t* positions,
+                            const int32_t* slot_mapping, int64_t n_tokens, int64_t num_heads,
+                            const QkNormRopeArgs& args, const KvCacheView& cache);
+
 // --- dense helpers ---
 // y[i] += x[i]
 void add_inplace(float* y, const float* x, int64_t n);

@@ -6,6 +6,7 @@
 #include <numbers>
 
 #include "atom/backends/cpu/ops.h"
+#include "atom/backends/cpu/row_kernels.h"
 #include "atom/core/error.h"
 
 // HF evaluates `a * b + c * d` as separate tensor ops, rounding every product; a fused
@@ -172,17 +173,49 @@ RopeTable make_rope_inv_freq(int64_t rotary_dim, double theta, const RopeScaling
   return make_rope_inv_freq(rotary_dim, theta, scaling, max_position, max_position);
 }
 
+namespace detail {
+
+void check_rope(int64_t head_dim, int64_t rotary_dim, const RopeTable& table) {
+  ATOM_CHECK(rotary_dim > 0 && rotary_dim % 2 == 0 && rotary_dim <= head_dim, kInvalidArgument,
+             "rotary dimension {} must be even and within head_dim {}", rotary_dim, head_dim);
+  ATOM_CHECK(int64_t(table.inv_freq.size()) == rotary_dim / 2, kInvalidArgument,
+             "rope table has {} frequencies, rotary dimension {} needs {}", table.inv_freq.size(),
+             rotary_dim, rotary_dim / 2);
+}
+
+ATOM_NO_FP_CONTRACT
+void rope_cos_sin(int32_t position, const RopeTable& table, float* c, float* s) {
+  // HF: freqs = position_ids.float() * inv_freq; cos = freqs.cos() * attention_scaling
+  const float pos = float(position);
+  const float af = table.attention_factor;
+  const int64_t half = int64_t(table.inv_freq.size());
+  for (int64_t i = 0; i < half; ++i) {
+    const float f = pos * table.inv_freq[size_t(i)];
+    c[i] = std::cos(f) * af;
+    s[i] = std::sin(f) * af;
+  }
+}
+
+ATOM_NO_FP_CONTRACT
+void rope_rotate_head(float* v, int64_t half, const float* c, const float* s) {
+  // x * cos + rotate_half(x) * sin, rotate_half(x) = cat(-x2, x1)
+#pragma omp simd
+  for (int64_t i = 0; i < half; ++i) {
+    const float a = v[i];
+    const float b = v[i + half];
+    v[i] = a * c[i] - b * s[i];
+    v[i + half] = b * c[i] + a * s[i];
+  }
+}
+
+}  // namespace detail
+
+// Same attribute as the kernels above, so GCC may inline them here.
 ATOM_NO_FP_CONTRACT
 void rope_neox(float* x, const int32_t* positions, int64_t n_tokens, int64_t n_heads,
                int64_t head_dim, int64_t rotary_dim, const RopeTable& table) {
-  ATOM_CHECK(rotary_dim > 0 && rotary_dim % 2 == 0 && rotary_dim <= head_dim, kInvalidArgument,
-             "rotary dimension {} must be even and within head_dim {}", rotary_dim, head_dim);
+  detail::check_rope(head_dim, rotary_dim, table);
   const int64_t half = rotary_dim / 2;
-  ATOM_CHECK(int64_t(table.inv_freq.size()) == half, kInvalidArgument,
-             "rope table has {} frequencies, rotary dimension {} needs {}", table.inv_freq.size(),
-             rotary_dim, half);
-  const float* inv_freq = table.inv_freq.data();
-  const float af = table.attention_factor;
   // Decode rotates a few kilobytes: threads would cost more than they save.
   const bool parallel = n_tokens > 1 && n_tokens * n_heads * rotary_dim >= (int64_t(1) << 15);
 #pragma omp parallel if (parallel)
@@ -194,24 +227,9 @@ void rope_neox(float* x, const int32_t* positions, int64_t n_tokens, int64_t n_h
     float* s = c + half;
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < n_tokens; ++t) {
-      // HF: freqs = position_ids.float() * inv_freq; cos = freqs.cos() * attention_scaling
-      const float pos = float(positions[t]);
-      for (int64_t i = 0; i < half; ++i) {
-        const float f = pos * inv_freq[i];
-        c[i] = std::cos(f) * af;
-        s[i] = std::sin(f) * af;
-      }
-      for (int64_t h = 0; h < n_heads; ++h) {
-        float* v = x + (t * n_heads + h) * head_dim;
-        // x * cos + rotate_half(x) * sin, rotate_half(x) = cat(-x2, x1)
-#pragma omp simd
-        for (int64_t i = 0; i < half; ++i) {
-          const float a = v[i];
-          const float b = v[i + half];
-          v[i] = a * c[i] - b * s[i];
-          v[i + half] = b * c[i] + a * s[i];
-        }
-      }
+      detail::rope_cos_sin(positions[t], table, c, s);
+      for (int64_t h = 0; h < n_heads; ++h)
+        detail::rope_rotate_head(x + (t * n_heads + h) * head_dim, half, c, s);
     }
   }
 }
