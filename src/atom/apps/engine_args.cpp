@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <filesystem>
@@ -9,6 +10,7 @@
 
 #include "atom/core/envs.h"
 #include "atom/core/error.h"
+#include "atom/core/logging.h"
 #include "atom/io/hf_config.h"
 #include "atom/io/model_path.h"
 #ifdef ATOM_HAVE_CUDA
@@ -73,6 +75,58 @@ void EngineArgs::add_to(CLI::App& app) {
                  "Directory for Chrome traces (gzip JSON, per rank) recorded between "
                  "/start_profile and /stop_profile (default: ATOM_TORCH_PROFILER_DIR; unset: "
                  "profiling off)");
+  // Parallelism: each flag beats its ATOM_DP_* variable, which beats the default. Multi-GPU
+  // runs are not implemented yet: anything but one rank is refused once parsing is complete.
+  app.add_option("--tensor-parallel-size", parallel.tensor_parallel_size,
+                 "-tp N: GPUs one engine is split over, 1..8 (default 1; only 1 is implemented)");
+  app.add_option("--data-parallel-size", parallel.data_parallel_size,
+                 "-dp N: engine replicas (default: ATOM_DP_SIZE, else 1; only 1 is implemented)");
+  app.add_option("--data-parallel-rank", parallel.data_parallel_rank,
+                 "This replica's rank among all, 0..dp-1 (default: ATOM_DP_RANK, else 0)");
+  app.add_option("--data-parallel-rank-local", parallel.data_parallel_rank_local,
+                 "This replica's rank on this node, its device offset (default: "
+                 "ATOM_DP_RANK_LOCAL, else 0)");
+  app.add_option("--data-parallel-master-ip", parallel.master_ip,
+                 "Address where the data-parallel replicas meet (default: ATOM_DP_MASTER_IP, else "
+                 "127.0.0.1)");
+  app.add_option("--data-parallel-master-port", parallel.master_port,
+                 "Port where the data-parallel replicas meet (default: ATOM_DP_MASTER_PORT, else "
+                 "29500)");
+  app.add_flag("--enable-expert-parallel", parallel.enable_expert_parallel,
+               "Shard the experts of MoE layers over the tp*dp ranks (no effect on one rank or "
+               "a dense model)");
+  app.add_flag("--enable-dp-attention", parallel.enable_dp_attention,
+               "Make every GPU a replica: dp := tp*dp, tp := 1 (no effect with -tp 1)");
+  // Before any model is loaded: a bad value, or a multi-GPU request, ends the command at once.
+  app.parse_complete_callback([this] { (void)require_single_rank(parallel); });
+}
+
+std::vector<std::string> cli_args(int argc, const char* const* argv) {
+  static constexpr std::string_view kShort[][2] = {{"-tp", "--tensor-parallel-size"},
+                                                   {"-dp", "--data-parallel-size"}};
+  std::vector<std::string> args;
+  bool literal = false;  // after "--": positional text, left alone
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--") literal = true;
+    for (const auto& [short_name, long_name] : kShort) {
+      if (literal || !a.starts_with(short_name)) continue;
+      const std::string_view rest = std::string_view(a).substr(short_name.size());
+      const bool digits = !rest.empty() && std::all_of(rest.begin(), rest.end(), [](char c) {
+        return std::isdigit(static_cast<unsigned char>(c)) != 0;
+      });
+      if (rest.empty())
+        a = std::string(long_name);  // "-tp N"
+      else if (rest.front() == '=')
+        a = std::string(long_name) + std::string(rest);  // "-tp=N"
+      else if (digits)
+        a = std::string(long_name) + "=" + std::string(rest);  // "-tpN", as argparse takes it
+      break;
+    }
+    args.push_back(std::move(a));
+  }
+  std::reverse(args.begin(), args.end());
+  return args;
 }
 
 std::string default_device() {
@@ -105,6 +159,8 @@ EngineConfig EngineArgs::engine_config() const {
   if (enforce_eager) envs::set("ATOM_ENFORCE_EAGER", "1");
   if (!cudagraph_capture_sizes.empty())
     c.cudagraph_capture_sizes = parse_capture_sizes(cudagraph_capture_sizes);
+  c.parallel = require_single_rank(parallel);
+  for (const std::string& note : ineffective_parallel_flags(c.parallel)) ATOM_LOG_WARN("{}", note);
   return c;
 }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "atom/engine/llm_engine.h"
+#include "atom/engine/parallel_config.h"
 #include "atom/io/gguf.h"
 #include "atom/io/safetensors.h"
 #include "atom/models/model.h"
@@ -48,10 +49,24 @@ struct EngineArgs {
   // Enables /start_profile, /stop_profile and LLMEngine::start_profile; empty: the
   // ATOM_TORCH_PROFILER_DIR variable, else profiling is off.
   std::string torch_profiler_dir;
+  // -tp/-dp, the data-parallel rank and rendezvous flags, expert parallelism and DP attention
+  // (SPEC 1.2, 4); a flag not given falls back to its ATOM_DP_* variable, then the default.
+  ParallelFlags parallel;
 
+  // Adds the flags to `app` (which keeps references to this object's members) and a check that
+  // runs once `app` is parsed: the parallel settings resolve and ask for one rank, else parsing
+  // throws atom::Error (kInvalidArgument, or kUnsupported for tp > 1 / dp > 1) before any model
+  // is loaded.
   void add_to(CLI::App& app);
+  // The engine's config; throws as the parse-time check does. Logs the parallel flags that have
+  // no effect on one rank.
   EngineConfig engine_config() const;
 };
+
+// The arguments after the program name in the last-first order CLI::App::parse(std::vector&)
+// takes, with ATOM's two-letter short flags (-tp N, -tp=N, -tpN; -dp likewise) rewritten to
+// their long names, since CLI11 knows one-letter short flags only. Nothing after "--" changes.
+std::vector<std::string> cli_args(int argc, const char* const* argv);
 
 // "[1, 2, 4]", "1,2,4" or "[]" -> sizes; kInvalidArgument for anything but positive integers.
 std::vector<int64_t> parse_capture_sizes(const std::string& text);

@@ -12,11 +12,10 @@ namespace atom {
 
 namespace {
 
-// This process's folder: tensor parallelism is 1 (rank 0); data-parallel ranks come from the
-// ATOM_DP_* variables.
+// This process's folder, from the resolved parallel config (flags, else ATOM_DP_*): the engine
+// is tensor-parallel rank 0 of its replica.
 std::string profile_folder(const EngineConfig& config) {
-  return (std::filesystem::path(config.torch_profiler_dir) /
-          profiler::rank_folder(0, envs::ATOM_DP_RANK_LOCAL(), envs::ATOM_DP_SIZE()))
+  return (std::filesystem::path(config.torch_profiler_dir) / config.parallel.profile_folder(0))
       .string();
 }
 

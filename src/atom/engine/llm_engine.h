@@ -20,6 +20,7 @@
 
 #include "atom/engine/block_manager.h"
 #include "atom/engine/output_processor.h"
+#include "atom/engine/parallel_config.h"
 #include "atom/engine/scheduler.h"
 #include "atom/engine/sequence.h"
 #include "atom/engine/stats.h"
@@ -58,6 +59,9 @@ struct EngineConfig {
   // ATOM_ENFORCE_EAGER=1.
   bool enforce_eager = false;
   std::vector<int64_t> cudagraph_capture_sizes = {1, 2, 4, 8, 16, 32, 48, 64, 128, 256};
+  // Tensor/data parallelism, resolved from flags, ATOM_DP_* and defaults (parallel_config.h);
+  // names the profiler's per-rank folder. The engine is one rank until multi-GPU lands.
+  ParallelConfig parallel;
 };
 
 // What a request produced in one step (and, when finished, in total).
@@ -109,10 +113,10 @@ class LLMEngine {
   const Scheduler& scheduler() const { return scheduler_; }
 
   // Profiling (engine_profile.cpp): records a Chrome trace of this process into
-  // config().torch_profiler_dir/<rank folder> (rank_0, or dp<d>_tp<t>). Throws
-  // atom::Error(kInvalidArgument) when no directory is configured, when a session is already
-  // running (start) or none is (stop). stop_profile() returns once the file is complete, with
-  // its path. Call them from the thread that steps the engine, between steps.
+  // config().torch_profiler_dir/config().parallel.profile_folder() (rank_0, or dp<d>_tp<t>).
+  // Throws atom::Error(kInvalidArgument) when no directory is configured, when a session is
+  // already running (start) or none is (stop). stop_profile() returns once the file is
+  // complete, with its path. Call them from the thread that steps the engine, between steps.
   void start_profile();
   std::string stop_profile();
   // Counters and histograms for /metrics: written by the thread that steps, readable from any.

@@ -1,0 +1,69 @@
+// ParallelConfig: how many GPUs one engine spans (tensor parallelism), how many engine replicas
+// run side by side (data parallelism), this process's place among them and where the replicas
+// meet (SPEC 1.2, 4.1-4.4).
+//
+// Each value comes from, in order of precedence: its command-line flag when given, else its
+// environment variable when set (ATOM_DP_SIZE, ATOM_DP_RANK, ATOM_DP_RANK_LOCAL,
+// ATOM_DP_MASTER_IP, ATOM_DP_MASTER_PORT; read through atom::envs), else the default below.
+// ATOM itself overwrites the DP variables with the CLI's values and never reads the master ones;
+// atom makes all five count, under the flags.
+//
+// Until multi-GPU support lands, an engine is one rank: require_single_rank() turns tp > 1 or
+// dp > 1 into a kUnsupported error at start-up instead of silently running on one device.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace atom {
+
+struct ParallelConfig {
+  int64_t tensor_parallel_size = 1;      // GPUs one engine's layers are split over (1..8)
+  int64_t data_parallel_size = 1;        // engine replicas, each with its own scheduler and KV
+  int64_t data_parallel_rank = 0;        // this replica among all of them
+  int64_t data_parallel_rank_local = 0;  // this replica on this node (device offset)
+  std::string master_ip = "127.0.0.1";   // rendezvous of the data-parallel group
+  int64_t master_port = 29500;
+  bool enable_expert_parallel = false;  // MoE experts sharded over the tp*dp ranks
+  bool enable_dp_attention = false;     // already applied: dp := tp*dp, tp := 1
+
+  // GPUs the whole deployment spans.
+  int64_t world_size() const { return tensor_parallel_size * data_parallel_size; }
+  // SPEC 8.1's trace folder of tensor-parallel rank `tp_rank` of this replica: "rank_<t>", or
+  // "dp<rank_local>_tp<t>" when there are several replicas or this is not the first one.
+  std::string profile_folder(int64_t tp_rank = 0) const;
+};
+
+// What the command line gave; nullopt: not given, so the variable (or the default) applies.
+struct ParallelFlags {
+  std::optional<int64_t> tensor_parallel_size;      // -tp, --tensor-parallel-size
+  std::optional<int64_t> data_parallel_size;        // -dp, --data-parallel-size
+  std::optional<int64_t> data_parallel_rank;        // --data-parallel-rank
+  std::optional<int64_t> data_parallel_rank_local;  // --data-parallel-rank-local
+  std::optional<std::string> master_ip;             // --data-parallel-master-ip
+  std::optional<int64_t> master_port;               // --data-parallel-master-port
+  bool enable_expert_parallel = false;              // --enable-expert-parallel
+  bool enable_dp_attention = false;                 // --enable-dp-attention
+};
+
+// Flag, else variable, else default for each value; then --enable-dp-attention's flattening
+// (dp := tp*dp, tp := 1, as ATOM's CoreManager); then the checks, each an
+// atom::Error(kInvalidArgument) naming the flag or variable the bad value came from:
+// 1 <= tp <= 8 (ATOM's assert, before flattening), dp >= 1, 0 <= rank < dp,
+// 0 <= rank_local <= rank, 1 <= port <= 65535, a non-empty master address.
+// A variable that is not an integer is reported by atom::envs (kInvalidArgument).
+ParallelConfig resolve_parallel_config(const ParallelFlags& flags);
+
+// resolve_parallel_config, then atom::Error(kUnsupported) when the result spans more than one
+// rank (tp > 1 or dp > 1), naming the flags or variables that asked for it: multi-GPU tensor and
+// data parallelism are not implemented yet.
+ParallelConfig require_single_rank(const ParallelFlags& flags);
+
+// One line for each flag that is accepted but changes nothing in `config`: expert parallelism
+// and DP attention on a single rank (ATOM applies neither unless tp*dp > 1; dense models ignore
+// expert parallelism anyway). The engine logs them at start-up.
+std::vector<std::string> ineffective_parallel_flags(const ParallelConfig& config);
+
+}  // namespace atom
