@@ -71,6 +71,26 @@ TEST(Serve, HfTokenizerFolderAndJson) {
   }
 }
 
+// VLLM_USE_MODELSCOPE=1 asks for a ModelScope download of a non-local tokenizer: atom bench
+// serve downloads nothing, so it says so (kUnsupported naming the variable) instead of the
+// plain "not a local path"; a local tokenizer is unaffected.
+TEST(Serve, ModelScopeVariableOnlyChangesNonLocalTokenizers) {
+  FakeServer server([](const Recorded& r, int64_t) { return reply_for(r); });
+  BenchArgs a = random_args(server);
+  a.tokenizer = "org/not-a-local-path";
+  envs::unset("VLLM_USE_MODELSCOPE");
+  const std::string plain = error_of(a);
+  EXPECT_NE(plain.find("not a local path"), std::string::npos) << plain;
+  EXPECT_EQ(plain.find("VLLM_USE_MODELSCOPE"), std::string::npos) << plain;
+  envs::set("VLLM_USE_MODELSCOPE", "True");
+  const std::string modelscope = error_of(a);
+  EXPECT_NE(modelscope.find("VLLM_USE_MODELSCOPE"), std::string::npos) << modelscope;
+  a.tokenizer = std::string(ATOM_TEST_DATA_DIR) + "/hf_models/llama-tiny";
+  std::ostringstream out;
+  EXPECT_EQ(run_bench_serve(a, out).failed, 0);
+  envs::unset("VLLM_USE_MODELSCOPE");
+}
+
 TEST(Serve, ResultJsonAndPytorchFile) {
   ATOM_REQUIRE_GPT2(tok);
   FakeServer server([](const Recorded& r, int64_t) { return reply_for(r); });
