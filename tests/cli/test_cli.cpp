@@ -237,6 +237,33 @@ TEST(Cli, BenchThroughputCompletes64Sequences) {
   expect_clean_error(atom_run({"bench", "throughput", "--input-len-range", "9"}), "MIN,MAX");
 }
 
+// vLLM's benchmark_latency: every iteration generates exactly output_len tokens per sequence;
+// the JSON has vLLM's keys and the prefill/decode split, with consistent values.
+TEST(Cli, BenchLatencyReportsPrefillAndDecode) {
+  const std::string json_path = tmp("latency.json");
+  const RunResult r = atom_run({"bench", "latency", "--batch-size", "2", "--input-len", "12",
+                                "--output-len", "6", "--num-iters-warmup", "1", "--num-iters",
+                                "3", "--output-json", json_path});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("Avg latency:"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("50% percentile latency:"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("Median decode:"), std::string::npos) << r.out;
+  const nlohmann::json j = nlohmann::json::parse(slurp(json_path));
+  fs::remove(json_path);
+  ASSERT_EQ(j.at("latencies").size(), 3u);
+  const double avg = j.at("avg_latency").get<double>();
+  EXPECT_GT(avg, 0.0);
+  EXPECT_GT(j.at("median_prefill_seconds").get<double>(), 0.0);
+  EXPECT_LT(j.at("median_prefill_seconds").get<double>(), 2 * avg);
+  EXPECT_GT(j.at("median_decode_tokens_per_s").get<double>(), 0.0);
+  EXPECT_LE(j.at("percentiles").at("10").get<double>(), j.at("percentiles").at("90").get<double>());
+  EXPECT_EQ(j.at("output_len").get<int64_t>(), 6);
+  // A request that cannot fit the context is a clear error.
+  expect_clean_error(atom_run({"bench", "latency", "--input-len", "9000", "--output-len", "4",
+                               "--max-model-len", "4096"}),
+                     "--max-model-len");
+}
+
 TEST(Cli, HfRepoIdResolvesFromTheHfCacheOffline) {
   // The huggingface_hub cache layout: models--org--name/{refs/main, snapshots/<commit>/...}.
   const fs::path home = tmp("hf_home");
@@ -319,6 +346,62 @@ TEST(Cli, EnvironmentVariablesTakeEffect) {
       << r.err;
   EXPECT_EQ(r.err.find("[atom] "), std::string::npos) << r.err;
   expect_clean_error(atom_run(gen, "", {"ATOM_LOG_MORE=yes"}), "ATOM_LOG_MORE");
+}
+
+// -tp/-dp and the ATOM_DP_* variables: more than one rank is refused at start-up, before the
+// model is looked for, naming the flag or variable; bad values likewise; ATOM's two-letter short
+// flags are understood in their argparse forms (-tp 2, -tp=2, -tp2).
+TEST(Cli, MultiGpuParallelismIsAClearError) {
+  const std::vector<std::string> gen = {
+      "generate", "--model", "/no/such/model.gguf", "--prompt", "Hi", "--max-tokens", "1"};
+  const auto with = [&](std::initializer_list<std::string> extra) {
+    std::vector<std::string> args = gen;
+    args.insert(args.end(), extra);
+    return args;
+  };
+  for (const RunResult& r :
+       {atom_run(with({"-tp", "2"})), atom_run(with({"-tp=2"})), atom_run(with({"-tp2"})),
+        atom_run(with({"--tensor-parallel-size", "2"}))}) {
+    expect_clean_error(r,
+                       "--tensor-parallel-size 2: multi-GPU tensor and data parallelism are "
+                       "not implemented yet");
+    EXPECT_EQ(r.err.find("/no/such"), std::string::npos) << r.err;  // refused before loading
+  }
+  expect_clean_error(atom_run(with({"-dp", "2"})), "--data-parallel-size 2: multi-GPU");
+  expect_clean_error(atom_run(with({"-tp", "2", "--enable-dp-attention"})),
+                     "--tensor-parallel-size 2: multi-GPU");
+  const RunResult env = atom_run(gen, "", {"ATOM_DP_SIZE=2"});
+  expect_clean_error(env, "ATOM_DP_SIZE=2: multi-GPU");
+  EXPECT_NE(env.err.find("unset ATOM_DP_SIZE"), std::string::npos) << env.err;
+  // Every command that builds an engine.
+  expect_clean_error(atom_run({"serve", "-tp", "2"}), "--tensor-parallel-size 2");
+  expect_clean_error(atom_run({"bench", "throughput", "-dp", "4"}), "--data-parallel-size 4");
+  // Values out of range, from a flag or a variable.
+  expect_clean_error(atom_run(with({"-tp", "9"})), "--tensor-parallel-size 9");
+  expect_clean_error(atom_run(with({"--data-parallel-master-port", "70000"})),
+                     "--data-parallel-master-port 70000");
+  expect_clean_error(atom_run(gen, "", {"ATOM_DP_RANK=1"}), "ATOM_DP_RANK=1");
+  expect_clean_error(atom_run(gen, "", {"ATOM_DP_MASTER_PORT=0"}), "ATOM_DP_MASTER_PORT=0");
+  // --help still answers, listing the flags.
+  const RunResult help = atom_run({"generate", "--help"}, "", {"ATOM_DP_SIZE=2"});
+  EXPECT_EQ(help.exit_code, 0) << help.err;
+  for (const char* flag :
+       {"--tensor-parallel-size", "--data-parallel-size", "--data-parallel-rank",
+        "--data-parallel-rank-local", "--data-parallel-master-ip", "--data-parallel-master-port",
+        "--enable-expert-parallel", "--enable-dp-attention"})
+    EXPECT_NE(help.out.find(flag), std::string::npos) << flag;
+}
+
+// Flags beat the variables: -dp 1 runs despite ATOM_DP_SIZE=2, and a flag's port despite a bad
+// ATOM_DP_MASTER_PORT. Expert parallelism on one rank is accepted and said to do nothing.
+TEST(Cli, SingleRankParallelFlagsRun) {
+  const RunResult r =
+      atom_run({"generate", "--prompt", "Hi", "--max-tokens", "2", "-tp", "1", "-dp", "1",
+                "--data-parallel-master-port", "29600", "--enable-expert-parallel"},
+               "", {"ATOM_DP_SIZE=2", "ATOM_DP_MASTER_PORT=0"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("--enable-expert-parallel has no effect"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("decode:"), std::string::npos) << r.err;
 }
 
 }  // namespace

@@ -18,5 +18,7 @@ Command add_chat_template(CLI::App& app);
 Command add_env(CLI::App& app);
 Command add_bench_serve(CLI::App& app);  // `atom bench serve`
 Command add_bench_throughput(CLI::App& app);
+Command add_bench_latency(CLI::App& app);  // `atom bench latency` (vLLM's benchmark_latency)
+Command add_bench_ceilings(CLI::App& app);  // `atom bench ceilings`: GPU copy and GEMM rates
 
 }  // namespace atom::apps

@@ -3,8 +3,10 @@
 #include <cstdio>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "atom/apps/commands.h"
+#include "atom/apps/engine_args.h"
 #include "atom/core/error.h"
 #include "atom/core/logging.h"
 
@@ -36,14 +38,28 @@ int main(int argc, char** argv) {
   }
   {
     CLI::App* sub = bench->add_subcommand(
+        "latency", "Latency of one batch: prefill and decode (vLLM's benchmark_latency)");
+    commands[sub] = atom::apps::add_bench_latency(*sub);
+  }
+  {
+    CLI::App* sub = bench->add_subcommand(
+        "ceilings", "The GPU's measured copy bandwidth and bf16 GEMM rate (roofline ceilings)");
+    commands[sub] = atom::apps::add_bench_ceilings(*sub);
+  }
+  {
+    CLI::App* sub = bench->add_subcommand(
         "serve", "Online serving benchmark of an OpenAI-compatible server (benchmark_serving)");
     commands[sub] = atom::apps::add_bench_serve(*sub);
   }
 
   try {
-    app.parse(argc, argv);
+    std::vector<std::string> args = atom::apps::cli_args(argc, argv);  // -tp, -dp: long names
+    app.parse(args);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const atom::Error& e) {  // EngineArgs' parse-time check (parallel settings)
+    std::fprintf(stderr, "atom: error: %s\n", e.what());
+    return 1;
   }
   try {
     atom::logging::configure();  // reads ATOM_LOG_MORE: a bad value is reported here

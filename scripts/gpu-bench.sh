@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# [F2]'s benchmarks in one go on a GPU host, after scripts/gpu-check.sh built build-gpu (or with
+# ATOM_CHECK_TARGETS=atom scripts/gpu-check.sh): the card's ceilings (copy bandwidth, bf16 GEMM
+# rate) measured first, then on dummy weights at real shapes
+#   1. batch-1 decode, Llama-3.1-8B shape, 128-token prompt, 256 new tokens (atom bench latency)
+#   2. prefill, 8B shape: one 4096-token prompt; 16 prompts of 1024 (atom bench latency)
+#   3. offline throughput, Qwen3-0.6B shape, 256 seqs, lengths uniform in 100..1024, seed 0
+#   4. serving, 8B shape: atom serve + atom bench serve, random 1024/1024, ratio 1.0, ignore-eos,
+#      concurrency 1, 16, 64, 256 with 4x as many prompts (at least 32)
+#   5. start-up to ready of that server
+#   6. transformers on the same random-weight shape (scripts/hf_baseline.py), and the previous
+#      run's figures (docs/bench-results.json, committed with each recorded run)
+# and prints one table: figure, target, roofline from the measured ceilings, baselines
+# (scripts/bench_table.py). Results go to $ATOM_BUILD_DIR/bench-results/; the new summary to
+# bench-results/summary.json (copy it over docs/bench-results.json when recording a run).
+#   scripts/gpu-bench.sh [only...]    e.g. scripts/gpu-bench.sh decode prefill
+# ATOM_BENCH_DRY=1 runs every step on the CPU with a tiny model and tiny lengths: it checks this
+# script and the table, not the engine's speed (no ceilings, no transformers baseline).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+build=${ATOM_BUILD_DIR:-build-gpu}
+atom="$build/atom"
+out="$build/bench-results"
+mkdir -p "$out"
+if [ -d .deps/usr ]; then
+  export LD_LIBRARY_PATH="$PWD/.deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+fi
+[ -x "$atom" ] || { echo "gpu-bench: $atom not built (scripts/gpu-check.sh builds it)" >&2; exit 1; }
+dry=${ATOM_BENCH_DRY:-0}
+only=" $* "
+want() { [ "$only" = "  " ] || [[ "$only" == *" $1 "* ]]; }
+rc=0
+
+tok_files=(tests/data/hf_models/llama-tiny/tokenizer.json
+           tests/data/hf_models/llama-tiny/tokenizer_config.json)
+# model_dir NAME CONFIG_JSON: a folder with the config and the test tokenizer (dummy weights).
+model_dir() {
+  mkdir -p "$out/$1"
+  cp "${tok_files[@]}" "$out/$1/"
+  printf '%s\n' "$2" >"$out/$1/config.json"
+  echo "$out/$1"
+}
+if [ "$dry" = 1 ]; then
+  device=(--device cpu)
+  tiny='{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "dtype": "bfloat16",
+  "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+  "num_key_value_heads": 2, "head_dim": 16, "hidden_act": "silu", "max_position_embeddings": 4096,
+  "rms_norm_eps": 1e-05, "rope_theta": 500000.0, "tie_word_embeddings": false,
+  "vocab_size": 1508, "bos_token_id": 1502, "eos_token_id": 1503}'
+  llama8b=$(model_dir dry-llama "$tiny")
+  qwen06=$llama8b
+  scale=16  # lengths divided by this
+else
+  device=(--device cuda)
+  llama8b=$(model_dir llama-3.1-8b '{"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+  "dtype": "bfloat16", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+  "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "hidden_act": "silu",
+  "max_position_embeddings": 131072, "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
+  "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+  "original_max_position_embeddings": 8192, "rope_type": "llama3"}, "tie_word_embeddings": false,
+  "vocab_size": 128256, "bos_token_id": 1502, "eos_token_id": 1503}')
+  qwen06=$(model_dir qwen3-0.6b '{"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+  "dtype": "bfloat16", "hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28,
+  "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128, "hidden_act": "silu",
+  "max_position_embeddings": 40960, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+  "tie_word_embeddings": true, "attention_bias": false, "vocab_size": 151936,
+  "bos_token_id": 1502, "eos_token_id": 1503}')
+  scale=1
+fi
+len() { echo $(( $1 / scale > 0 ? $1 / scale : 1 )); }
+dummy=(--load-format dummy "${device[@]}")
+
+step() {  # name, command...: runs it with its log in $out/<name>.log
+  local name=$1; shift
+  echo "== $name: $*" >&2
+  if ! "$@" >"$out/$name.log" 2>&1; then
+    echo "   FAILED (see $out/$name.log):" >&2
+    tail -n 5 "$out/$name.log" >&2
+    rc=1
+    return 1
+  fi
+}
+
+if want ceilings && [ "$dry" != 1 ]; then
+  step ceilings "$atom" bench ceilings --output-json "$out/ceilings.json"
+fi
+if want decode; then
+  step decode "$atom" bench latency --model "$llama8b" "${dummy[@]}" --batch-size 1 \
+    --input-len "$(len 128)" --output-len "$(len 256)" --num-iters-warmup 2 --num-iters 5 \
+    --max-model-len 1024 --max-num-seqs 16 --output-json "$out/decode.json"
+fi
+if want prefill; then
+  step prefill-1x4096 "$atom" bench latency --model "$llama8b" "${dummy[@]}" --batch-size 1 \
+    --input-len "$(len 4096)" --output-len 1 --num-iters-warmup 2 --num-iters 5 \
+    --max-model-len 4608 --max-num-seqs 16 --max-num-batched-tokens 16384 \
+    --output-json "$out/prefill-1x4096.json"
+  step prefill-16x1024 "$atom" bench latency --model "$llama8b" "${dummy[@]}" --batch-size 16 \
+    --input-len "$(len 1024)" --output-len 1 --num-iters-warmup 2 --num-iters 5 \
+    --max-model-len 1536 --max-num-seqs 16 --max-num-batched-tokens 16384 \
+    --output-json "$out/prefill-16x1024.json"
+fi
+if want throughput; then
+  n=256
+  [ "$dry" = 1 ] && n=16
+  step throughput "$atom" bench throughput --model "$qwen06" "${dummy[@]}" --num-seqs "$n" \
+    --input-len-range "$(len 100),$(len 1024)" --output-len-range "$(len 100),$(len 1024)" \
+    --seed 0 --max-model-len 2048
+fi
+if want serve; then
+  port=$((20000 + RANDOM % 20000))
+  t0=$(date +%s.%N)
+  "$atom" serve --model "$llama8b" "${dummy[@]}" --host 127.0.0.1 --server-port "$port" \
+    --max-model-len 4096 >"$out/serve-server.log" 2>&1 &
+  server=$!
+  ready=""
+  for _ in $(seq 1 600); do
+    if curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1; then
+      ready=$(python3 -c "import time; print(time.time() - $t0)" 2>/dev/null ||
+              echo "$(date +%s.%N) - $t0" | bc)
+      break
+    fi
+    kill -0 "$server" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ -z "$ready" ]; then
+    echo "   serve: the server never became ready (see $out/serve-server.log)" >&2
+    tail -n 5 "$out/serve-server.log" >&2
+    rc=1
+  else
+    printf '{"startup_seconds": %s}\n' "$ready" >"$out/startup.json"
+    for c in 1 16 64 256; do
+      prompts=$(( 4 * c < 32 ? 32 : 4 * c ))
+      [ "$dry" = 1 ] && prompts=$(( c < 8 ? 8 : c ))
+      step "serve-c$c" "$atom" bench serve --backend vllm --port "$port" \
+        --model "$llama8b" --tokenizer "$llama8b" --dataset-name random \
+        --random-input-len "$(len 1024)" --random-output-len "$(len 1024)" \
+        --random-range-ratio 1.0 --ignore-eos --max-concurrency "$c" --num-prompts "$prompts" \
+        --save-result --result-dir "$out" --result-filename "serve-c$c.json" || true
+    done
+  fi
+  kill -INT "$server" 2>/dev/null
+  wait "$server" 2>/dev/null
+fi
+if want hf && [ "$dry" != 1 ]; then
+  step hf-baseline python3 scripts/hf_baseline.py --config "$llama8b/config.json" \
+    --output-json "$out/hf-baseline.json"
+fi
+
+python3 scripts/bench_table.py --results "$out" --previous docs/bench-results.json \
+  --config-8b "$llama8b/config.json" --config-0.6b "$qwen06/config.json" \
+  --summary "$out/summary.json" $([ "$dry" = 1 ] && echo --dry) || rc=1
+exit $rc
