@@ -39,11 +39,12 @@ def shape(config_path: Path) -> dict:
     per_layer = h * (heads + 2 * kv) * d + heads * d * h + 3 * h * i + 2 * h
     if c.get("model_type") == "qwen3":
         per_layer += 2 * d
-    head = 0 if c.get("tie_word_embeddings") else v * h
     return {
         "layers": layers, "heads": heads, "kv_heads": kv, "head_dim": d, "hidden": h, "vocab": v,
         "layer_params": layers * per_layer,
-        "weight_bytes": 2 * (layers * per_layer + v * h + head + h),
+        # What one decode step reads: every layer, the LM head (the embedding table when tied)
+        # and the final norm; of the input embedding only the batch's rows.
+        "decode_weight_bytes": 2 * (layers * per_layer + v * h + h),
         "head_params": v * h,
         "kv_bytes_per_token": 2 * layers * 2 * kv * d,
     }
@@ -85,11 +86,11 @@ def main() -> int:
 
     # 1. batch-1 decode.
     dec = load(r / "decode.json")
-    v = dec and dec.get("median_decode_tokens_per_s")
+    v = dec.get("median_decode_tokens_per_s") if dec else None
     roof = None
     if bw and dec:
         ctx = dec["input_len"] + dec["output_len"] / 2
-        roof = bw / (s8["weight_bytes"] + ctx * s8["kv_bytes_per_token"])
+        roof = bw / (s8["decode_weight_bytes"] + ctx * s8["kv_bytes_per_token"])
     row("decode_b1_tokens_per_s", "batch-1 decode, 8B, 128 in / 256 out", v, " tok/s",
         ">= 85% of roofline", None if not (v and roof) else v >= 0.85 * roof,
         "" if roof is None else f"{roof:,.1f} tok/s ({100 * v / roof:.0f}%)" if v else "",
@@ -97,7 +98,7 @@ def main() -> int:
     # 2. prefill.
     for name, seqs, length in (("prefill-1x4096", 1, 4096), ("prefill-16x1024", 16, 1024)):
         p = load(r / f"{name}.json")
-        secs = p and p.get("median_prefill_seconds")
+        secs = p.get("median_prefill_seconds") if p else None
         achieved = None
         if secs:
             achieved = prefill_flops(s8, p["batch_size"], p["input_len"]) / secs
@@ -107,7 +108,8 @@ def main() -> int:
             None if share is None else share >= 0.6,
             "" if share is None else f"{achieved / 1e12:,.0f} TFLOP/s = {100 * share:.0f}% of "
             f"{rate / 1e12:,.0f}",
-            (hf.get("prefill_1x4096_seconds") or 0) * 1000 if seqs == 1 and hf else None)
+            hf["prefill_1x4096_seconds"] * 1000
+            if seqs == 1 and hf.get("prefill_1x4096_seconds") is not None else None)
     # 3. offline throughput.
     log = r / "throughput.log"
     tput = None
@@ -133,7 +135,7 @@ def main() -> int:
             None if val is None else ok(val), extra)
     # 5. start-up.
     st = load(r / "startup.json")
-    v = st and st.get("startup_seconds")
+    v = st.get("startup_seconds") if st else None
     row("startup_dummy_8b_seconds", "start-up to ready, 8B, dummy weights", v, " s", "< 20 s",
         None if v is None else v < 20)
 

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <future>
 #include <map>
 #include <optional>
 #include <string>
@@ -12,6 +13,8 @@
 
 #include "atom/core/envs.h"
 #include "atom/core/error.h"
+#include "atom/core/profiler.h"
+#include "atom/engine/engine_core.h"
 #include "atom/engine/llm_engine.h"
 #include "atom/engine/parallel_config.h"
 #include "atom/io/hf_config.h"
@@ -346,6 +349,36 @@ TEST_F(ParallelResolve, EngineProfilesIntoTheConfiguredRankFolder) {
     EXPECT_EQ(fs::path(trace).parent_path(), out / "dp1_tp0");
     EXPECT_TRUE(fs::exists(trace));
   }
+  fs::remove_all(out);
+}
+
+// A profile still recording when EngineCore shuts down is written out, and the profiler is free
+// again for the next engine (it is one per process).
+TEST(EngineCoreProfile, ASessionOpenAtShutdownIsWrittenOut) {
+  const std::string dir = std::string(ATOM_TEST_DATA_DIR) + "/hf_models/llama-tiny";
+  const ModelConfig mc = load_hf_config(dir);
+  const std::unique_ptr<Model> model = load_model_from_hf(dir, mc, LoadFormat::kDummy);
+  const std::unique_ptr<Tokenizer> tok = Tokenizer::from_hf_folder(dir);
+  const fs::path out =
+      fs::temp_directory_path() / ("atom_core_profile_" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  EngineConfig config;
+  config.num_kv_blocks = 16;
+  config.scheduler.max_model_len = 64;
+  config.torch_profiler_dir = out.string();
+  {
+    EngineCore core(std::make_unique<LLMEngine>(*model, *tok, config));
+    std::promise<std::exception_ptr> started;
+    core.start_profile([&](std::exception_ptr e, const std::string&) { started.set_value(e); });
+    EXPECT_EQ(started.get_future().get(), nullptr);
+    EXPECT_TRUE(profiler::active());
+    core.shutdown();
+  }
+  EXPECT_FALSE(profiler::active());
+  size_t traces = 0;
+  for (const auto& e : fs::recursive_directory_iterator(out))
+    traces += e.path().string().ends_with(".pt.trace.json.gz");
+  EXPECT_EQ(traces, 1u);
   fs::remove_all(out);
 }
 

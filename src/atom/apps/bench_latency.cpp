@@ -14,6 +14,7 @@
 #include "atom/apps/commands.h"
 #include "atom/apps/engine_args.h"
 #include "atom/core/error.h"
+#include "atom/core/logging.h"
 
 namespace atom::apps {
 
@@ -80,11 +81,19 @@ Command add_bench_latency(CLI::App& app) {
     std::mt19937_64 rng(o->seed);
     std::uniform_int_distribution<int64_t> token(
         0, std::min<int64_t>(10000, m.model->config().vocab_size) - 1);
+    // New prompts for every run, so a prefix cache (--enable-prefix-caching) cannot turn the
+    // prefill of later iterations into cache hits.
     std::vector<std::vector<int32_t>> prompts(size_t(o->batch_size));
-    for (auto& p : prompts) {
-      p.resize(size_t(o->input_len));
-      for (int32_t& t : p) t = int32_t(token(rng));
-    }
+    auto draw_prompts = [&] {
+      for (auto& p : prompts) {
+        p.resize(size_t(o->input_len));
+        for (int32_t& t : p) t = int32_t(token(rng));
+      }
+    };
+    if (o->batch_size > cfg.scheduler.max_num_seqs)
+      ATOM_LOG_WARN("--batch-size {} > --max-num-seqs {}: the batch runs in waves, so the "
+                       "prefill figure includes queueing",
+                       o->batch_size, cfg.scheduler.max_num_seqs);
     SamplingParams sp;
     sp.temperature = 0.0f;
     sp.ignore_eos = true;
@@ -95,6 +104,7 @@ Command add_bench_latency(CLI::App& app) {
       double latency, prefill;  // seconds: whole batch; until its last first token
     };
     auto run_once = [&]() {
+      draw_prompts();
       const auto t0 = std::chrono::steady_clock::now();
       const std::vector<RequestOutput> outs = engine.generate(prompts, params);
       const double s =

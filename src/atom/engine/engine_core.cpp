@@ -135,6 +135,8 @@ void EngineCore::loop() {
       std::exception_ptr error;
       std::string path;
       try {
+        // A session started now could never be stopped: the engine is on its way out.
+        ATOM_CHECK(!(c.start && stopping), kInvalidArgument, "the engine is shutting down");
         if (c.start)
           engine_->start_profile();
         else
@@ -184,8 +186,21 @@ void EngineCore::loop() {
       if (cb) cb(o);
     }
     if (stopping && !engine_->has_unfinished()) {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (pending_.empty() && callbacks_.empty()) return;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!pending_.empty() || !callbacks_.empty()) continue;
+      }
+      // A profile still recording when the engine stops is written out, not lost (and the
+      // process-wide profiler is free for the next engine).
+      if (profiler::active()) {
+        try {
+          (void)engine_->stop_profile();
+        } catch (const std::exception& e) {
+          ATOM_LOG_ERROR("profiler: the trace of the session open at shutdown was lost: {}",
+                         e.what());
+        }
+      }
+      return;
     }
   }
 }

@@ -576,12 +576,31 @@ void CudaModelRunner::Impl::warm_up() {
     s.top_p = i % 4 == 3 ? 0.9f : 1.0f;
     s.min_p = 0.0f;
   }
+  // The penalty buffers, at a size that serves a full batch of rows with a few hundred distinct
+  // tokens each, exist before the KV pool is sized (a longer history grows them later), and one
+  // penalty row (a repetition penalty, a masked stop id) loads the penalty kernel.
+  reserve_extra(size_t(d.max_seqs) * (sizeof(cuda::PenaltyRowParams) / sizeof(int32_t) + 3 * 256));
+  cuda::PenaltyRowParams pen{};
+  pen.logits_row = 0;
+  pen.repetition = 1.1f;
+  pen.inflight_index = -1;
+  pen.stop_begin = 0;
+  pen.stop_end = 1;
+  const int32_t pen_words = int32_t(sizeof(pen) / sizeof(int32_t));
+  std::memcpy(extra_staging[0], &pen, sizeof(pen));
+  extra_staging[0][pen_words] = 0;  // the masked stop id
+  ATOM_CUDA_CHECK(cudaMemcpyAsync(extra_device, extra_staging[0],
+                                  size_t(pen_words + 1) * sizeof(int32_t),
+                                  cudaMemcpyHostToDevice, stream));
   int64_t slot = 0;
   for (const Plan* p : {&prefill, &decode}) {
     const int64_t rows = int64_t(p->batch.logits_indices.size());
     const Layout L = upload_plan(*p, std::span(sample).first(size_t(rows)), slot);
     enqueue_forward(L);
     int32_t* ids_d = act.ids + slot * d.max_seqs;
+    cuda::launch_apply_penalties(act.logits, d.vocab,
+                                 reinterpret_cast<const cuda::PenaltyRowParams*>(extra_device), 1,
+                                 nullptr, act.ids, extra_device + pen_words, stream);
     cuda::launch_argmax(act.logits, ids_d, rows, d.vocab, stream);
     cuda::launch_sample(act.logits, rows, d.vocab, L.sample, ids_d, stream);
     slot = (slot + 1) % kRing;
@@ -919,6 +938,8 @@ void CudaModelRunner::Impl::reserve_extra(size_t words) {
 }
 
 void CudaModelRunner::Impl::submit(std::span<const StepSeq> seqs) {
+  // The engine thread is not the one that built the runner: make its device current.
+  ATOM_CUDA_CHECK(cudaSetDevice(rc.device));
   ATOM_CHECK(int64_t(inflight.size()) < kRing - 1, kInternal,
              "{} steps in flight: the CUDA runner keeps at most {}", inflight.size(), kRing - 1);
   const int64_t number = num_submitted;
