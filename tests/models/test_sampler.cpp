@@ -224,6 +224,78 @@ TEST(Sampler, TiesAtTheThresholdAreAllKept) {
   EXPECT_TRUE(hm.count(0));
 }
 
+// The definition written out the slow way: every p sorted, the top-p walk over all of them.
+int32_t reference_sample(const std::vector<float>& logits, const SamplingParams& sp,
+                         uint64_t seed, uint64_t counter) {
+  const int64_t n = int64_t(logits.size());
+  const float max_l = *std::max_element(logits.begin(), logits.end());
+  const float inv_t = 1.0f / sp.temperature;
+  std::vector<float> p(logits.size());
+  for (size_t i = 0; i < p.size(); ++i) p[i] = sampling_prob(logits[i], max_l, inv_t);
+  std::vector<float> sorted = p;
+  std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+  const float t_k = sp.top_k > 0 && sp.top_k < n ? sorted[size_t(sp.top_k - 1)] : 0.0f;
+  float t_p = 0.0f;
+  if (sp.top_p < 1.0f) {
+    uint64_t mass_k = 0;
+    for (float x : p)
+      if (x >= t_k) mass_k += sampling_mass(x);
+    const uint64_t target = top_p_target(mass_k, sp.top_p);
+    uint64_t cum = 0;
+    for (size_t j = 0; j < sorted.size();) {
+      const float v = sorted[j];
+      for (; j < sorted.size() && sorted[j] == v; ++j)
+        if (v >= t_k) cum += sampling_mass(sorted[j]);
+      if (v >= t_k && sampling_mass(v) > 0 && cum >= target) {
+        t_p = v;
+        break;
+      }
+    }
+  }
+  const float t = std::max({t_k, t_p, sp.min_p});
+  uint64_t total = 0;
+  for (float x : p)
+    if (x >= t) total += sampling_mass(x);
+  const uint64_t r = scale_uniform(sampling_bits53(seed, counter), total);
+  uint64_t cum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (p[size_t(i)] < t) continue;
+    cum += sampling_mass(p[size_t(i)]);
+    if (cum > r) return int32_t(i);
+  }
+  return -1;
+}
+
+// Top-p over a Qwen-sized vocabulary sorts only the most likely tokens, growing that prefix
+// when the target lies deeper (top_p near 1, a flat distribution) or a run of equal p crosses its
+// end: the same tokens as the full sort, every time.
+TEST(Sampler, TopPOverALargeVocabularyEqualsTheFullSort) {
+  std::mt19937_64 rng(11);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::vector<float> peaked(151936), flat(151936), tied(151936);
+  for (float& x : peaked) x = normal(rng);
+  for (float& x : flat) x = 0.05f * normal(rng);
+  // 3000 tokens share the second-largest logit: a run across the 1024 and 4096 boundaries.
+  for (size_t i = 0; i < tied.size(); ++i) tied[i] = i % 50 == 0 ? 4.0f : normal(rng) * 0.5f;
+  tied[7] = 9.0f;
+  for (const auto* logits : {&peaked, &flat, &tied}) {
+    for (const float top_p : {0.1f, 0.5f, 0.9f, 0.999f, 0.99999f}) {
+      for (const int32_t top_k : {-1, 50, 5000}) {
+        SamplingParams sp;
+        sp.temperature = 0.8f;
+        sp.top_p = top_p;
+        sp.top_k = top_k;
+        sp.seed = 5;
+        Sampler s(sp);
+        for (uint64_t c = 0; c < 6; ++c)
+          ASSERT_EQ(s.sample(logits->data(), int64_t(logits->size()), c),
+                    reference_sample(*logits, sp, 5, c))
+              << "top_p " << top_p << " top_k " << top_k << " counter " << c;
+      }
+    }
+  }
+}
+
 TEST(Sampler, SeededDrawsDoNotDependOnOtherRows) {
   // The runner samples rows in any order and batch; a sampler's draw depends only on its seed,
   // counter and logits.

@@ -123,15 +123,29 @@ int32_t Sampler::sample(const float* logits, int64_t vocab, uint64_t counter) {
       scratch_.push_back(p);
     }
     const uint64_t target = top_p_target(mass_k, params_.top_p);
-    std::sort(scratch_.begin(), scratch_.end(), std::greater<float>());
-    uint64_t cum = 0;
-    for (size_t j = 0; j < scratch_.size();) {
-      const float v = scratch_[j];
-      for (; j < scratch_.size() && scratch_[j] == v; ++j) cum += sampling_mass(scratch_[j]);
-      if (cum >= target) {
-        t_p = v;
-        break;
+    // Only the most likely tokens are sorted: the c largest first (nth_element, O(n)), walked a
+    // run of equal p at a time, the prefix growing when the target lies deeper. A run of equal p
+    // cut by the prefix's end needs no care: if its part in the prefix reaches the target the
+    // threshold is its value either way, and if not the prefix grows. Usually the target falls in
+    // the first 1024 tokens, so a step over a 152k vocabulary no longer sorts it all.
+    const size_t n = scratch_.size();
+    for (size_t c = std::min<size_t>(n, 1024);; c = std::min(n, 4 * c)) {
+      if (c < n)
+        std::nth_element(scratch_.begin(), scratch_.begin() + ptrdiff_t(c), scratch_.end(),
+                         std::greater<float>());
+      std::sort(scratch_.begin(), scratch_.begin() + ptrdiff_t(c), std::greater<float>());
+      uint64_t cum = 0;
+      bool found = false;
+      for (size_t j = 0; j < c;) {
+        const float v = scratch_[j];
+        for (; j < c && scratch_[j] == v; ++j) cum += sampling_mass(scratch_[j]);
+        if (cum >= target) {
+          t_p = v;
+          found = true;
+          break;
+        }
       }
+      if (found || c == n) break;
     }
   }
 
