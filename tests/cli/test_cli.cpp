@@ -264,6 +264,24 @@ TEST(Cli, BenchLatencyReportsPrefillAndDecode) {
                      "--max-model-len");
 }
 
+// ATOM's remaining engine flags: accepted where atom's behaviour is the same (--level,
+// --kv_cache_dtype bf16), refused with the reason where the feature is missing (fp8 KV cache,
+// speculative decoding), validated like ATOM (--level 0-3, --num-speculative-tokens 1-4).
+TEST(Cli, AtomsOtherEngineFlags) {
+  RunResult r = atom_run({"generate", "--prompt", "x", "--max-tokens", "2", "--level", "0",
+                          "--kv_cache_dtype", "bf16", "--num-speculative-tokens", "2"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  expect_clean_error(atom_run({"generate", "--prompt", "x", "--kv_cache_dtype", "fp8"}),
+                     "fp8 KV cache is not implemented yet");
+  expect_clean_error(atom_run({"generate", "--prompt", "x", "--method", "mtp"}),
+                     "speculative decoding is not implemented yet");
+  expect_clean_error(atom_run({"generate", "--prompt", "x", "--level", "4"}), "--level");
+  expect_clean_error(atom_run({"generate", "--prompt", "x", "--num-speculative-tokens", "5"}),
+                     "--num-speculative-tokens");
+  expect_clean_error(atom_run({"generate", "--prompt", "x", "--kv_cache_dtype", "int8"}),
+                     "--kv_cache_dtype");
+}
+
 TEST(Cli, HfRepoIdResolvesFromTheHfCacheOffline) {
   // The huggingface_hub cache layout: models--org--name/{refs/main, snapshots/<commit>/...}.
   const fs::path home = tmp("hf_home");

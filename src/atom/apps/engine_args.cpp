@@ -98,7 +98,32 @@ void EngineArgs::add_to(CLI::App& app) {
   app.add_flag("--enable-dp-attention", parallel.enable_dp_attention,
                "Make every GPU a replica: dp := tp*dp, tp := 1 (no effect with -tp 1)");
   // Before any model is loaded: a bad value, or a multi-GPU request, ends the command at once.
-  app.parse_complete_callback([this] { (void)require_single_rank(parallel); });
+  app.add_option("--kv_cache_dtype,--kv-cache-dtype", kv_cache_dtype,
+                 "KV cache element type: bf16 (fp8 arrives with FP8 quantization)")
+      ->check(CLI::IsMember({"bf16", "fp8"}))
+      ->capture_default_str();
+  app.add_option("--level", level,
+                 "ATOM's torch.compile level 0-3; accepted and ignored (atom compiles nothing at "
+                 "run time; CUDA graphs follow --enforce-eager at every level, as in ATOM)")
+      ->check(CLI::Range(0, 3))
+      ->capture_default_str();
+  app.add_option("--method", method, "Speculative decoding method (mtp): not implemented yet")
+      ->check(CLI::IsMember({"mtp"}));
+  app.add_option("--num-speculative-tokens,--num_speculative_tokens", num_speculative_tokens,
+                 "Draft tokens per step with --method (1-4, as ATOM)")
+      ->check(CLI::Range(1, 4))
+      ->capture_default_str();
+  app.parse_complete_callback([this] {
+    (void)require_single_rank(parallel);
+    // Refused at start-up, before any model is looked for, with the reason.
+    ATOM_CHECK(kv_cache_dtype == "bf16", kUnsupported,
+               "--kv_cache_dtype {}: an fp8 KV cache is not implemented yet (it arrives with "
+               "FP8 quantization); use bf16",
+               kv_cache_dtype);
+    ATOM_CHECK(method.empty(), kUnsupported,
+               "--method {}: speculative decoding is not implemented yet; drop --method",
+               method);
+  });
 }
 
 std::vector<std::string> cli_args(int argc, const char* const* argv) {

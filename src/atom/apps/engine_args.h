@@ -38,6 +38,14 @@ struct EngineArgs {
   bool enforce_eager = false;  // no CUDA graphs (also ATOM_ENFORCE_EAGER=1); the CPU is eager
   // ATOM's Python list literal, e.g. "[1,2,4,8]" (brackets optional); empty: ATOM's default.
   std::string cudagraph_capture_sizes;
+  // ATOM's flags for features atom does not have yet or does not need, accepted so ATOM command
+  // lines run, and validated: bf16 KV only (fp8 arrives with FP8 quantization); --level 0-3
+  // changes nothing (atom has no runtime compiler; CUDA graphs follow --enforce-eager at every
+  // level, as in ATOM); --method mtp (speculative decoding) is refused until it exists.
+  std::string kv_cache_dtype = "bf16";
+  int64_t level = 3;
+  std::string method;
+  int64_t num_speculative_tokens = 1;
   double cpu_kv_cache_space = 1.0;  // GiB of KV cache on the CPU backend
   int64_t threads = 0;
   // Deferred output (SPEC 3.4); unset: on for the CUDA device, off for the CPU, where the
