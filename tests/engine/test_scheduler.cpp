@@ -84,6 +84,50 @@ TEST(Scheduler, EmptyQueueGivesEmptyOutput) {
   EXPECT_TRUE(out.preempted.empty());
 }
 
+// --scheduler-delay-factor (ATOM's and vLLM's): while sequences run, a new prompt waits until
+// the oldest waiting one has waited longer than factor x the last prompt step's latency; with
+// nothing running, or a factor of 0, it is admitted at once. Both policies.
+TEST(Scheduler, DelayFactorHoldsNewPromptsBackToBatchThem) {
+  for (const bool chunked : {true, false}) {
+    for (const double factor : {0.0, 1.0}) {
+      SchedulerConfig c = mock_config();
+      c.chunked_prefill = chunked;
+      c.delay_factor = factor;
+      Harness h(c);
+      using Clock = Sequence::Clock;
+      const Clock::time_point t0 = Clock::now();
+      Clock::time_point now = t0;
+      h.sched.set_clock([&] { return now; });
+      auto ms = [&](int n) { return t0 + std::chrono::milliseconds(n); };
+      auto a = make_seq({1, 3, 4, 5}, params_with(8));
+      a->arrival_time = t0;
+      h.sched.add(a);
+      SchedulerOutput out = h.sched.schedule();  // nothing runs: admitted at once
+      ASSERT_EQ(plan(out), (std::vector<Planned>{{a.get(), 4, true}}));
+      h.finish_step(out);
+      auto b = make_seq({6, 7, 8}, params_with(8));
+      b->arrival_time = ms(5);
+      h.sched.add(b);
+      now = ms(10);  // the prompt step took 10 ms; b has waited 5 ms
+      out = h.sched.schedule();
+      if (factor == 0.0 && chunked) {
+        EXPECT_EQ(plan(out), (std::vector<Planned>{{a.get(), 1, true}, {b.get(), 3, true}}));
+        continue;
+      }
+      if (factor == 0.0) {  // prefill-first: b's prompt alone
+        EXPECT_EQ(plan(out), (std::vector<Planned>{{b.get(), 3, true}}));
+        continue;
+      }
+      EXPECT_EQ(plan(out), (std::vector<Planned>{{a.get(), 1, true}})) << "b is held back";
+      h.finish_step(out);
+      now = ms(16);  // b has waited 11 ms > 1.0 x 10 ms
+      out = h.sched.schedule();
+      ASSERT_FALSE(out.seqs.empty());
+      EXPECT_EQ(out.seqs.back().seq, b) << (chunked ? "chunked" : "prefill-first");
+    }
+  }
+}
+
 TEST(Scheduler, PrefillMarksRunning) {
   Harness h;
   auto a = make_seq({1, 3, 4, 5});

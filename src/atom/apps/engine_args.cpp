@@ -98,6 +98,11 @@ void EngineArgs::add_to(CLI::App& app) {
   app.add_flag("--enable-dp-attention", parallel.enable_dp_attention,
                "Make every GPU a replica: dp := tp*dp, tp := 1 (no effect with -tp 1)");
   // Before any model is loaded: a bad value, or a multi-GPU request, ends the command at once.
+  app.add_option("--scheduler-delay-factor,--scheduler_delay_factor", scheduler_delay_factor,
+                 "While requests run, admit new prompts only once the oldest waiting one has "
+                 "waited longer than this factor times the last prompt step (0: at once)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app.add_option("--kv_cache_dtype,--kv-cache-dtype", kv_cache_dtype,
                  "KV cache element type: bf16 (fp8 arrives with FP8 quantization)")
       ->check(CLI::IsMember({"bf16", "fp8"}))
@@ -167,6 +172,7 @@ EngineConfig EngineArgs::engine_config() const {
   c.scheduler.max_num_batched_tokens = max_num_batched_tokens;
   c.scheduler.max_model_len = max_model_len;
   c.scheduler.chunked_prefill = !no_chunked_prefill;
+  c.scheduler.delay_factor = scheduler_delay_factor;
   c.block_size = block_size;
   c.kv_cache_bytes = size_t(cpu_kv_cache_space * double(size_t(1) << 30));
   c.enable_prefix_caching = enable_prefix_caching;

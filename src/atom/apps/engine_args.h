@@ -35,6 +35,7 @@ struct EngineArgs {
   int64_t max_num_batched_tokens = 16384;
   bool enable_prefix_caching = false;
   bool no_chunked_prefill = false;
+  double scheduler_delay_factor = 0.0;  // ATOM's: hold new prompts back to batch them
   bool enforce_eager = false;  // no CUDA graphs (also ATOM_ENFORCE_EAGER=1); the CPU is eager
   // ATOM's Python list literal, e.g. "[1,2,4,8]" (brackets optional); empty: ATOM's default.
   std::string cudagraph_capture_sizes;

@@ -63,8 +63,24 @@ bool last_token_in_flight_is_final(const Sequence& seq) {
 }
 }  // namespace
 
+bool Scheduler::passed_delay(Sequence::Clock::time_point now) {
+  if (prev_prompt_) last_prompt_latency_ = std::chrono::duration<double>(now - prev_time_).count();
+  prev_time_ = now;
+  prev_prompt_ = false;
+  if (config_.delay_factor <= 0.0 || waiting_.empty() || running_.empty()) return true;
+  Sequence::Clock::time_point earliest = waiting_.front()->arrival_time;
+  for (const SequencePtr& seq : waiting_) earliest = std::min(earliest, seq->arrival_time);
+  return std::chrono::duration<double>(now - earliest).count() >
+         config_.delay_factor * last_prompt_latency_;
+}
+
 SchedulerOutput Scheduler::schedule() {
-  return config_.chunked_prefill ? schedule_chunked() : schedule_prefill_first();
+  const bool admit = passed_delay(clock_());
+  SchedulerOutput out =
+      config_.chunked_prefill ? schedule_chunked(admit) : schedule_prefill_first(admit);
+  for (const ScheduledSeq& s : out.seqs)  // prompt tokens computed this step
+    if (s.seq->num_scheduled_tokens() < s.seq->num_prompt_tokens) prev_prompt_ = true;
+  return out;
 }
 
 void Scheduler::preempt_last(SchedulerOutput& out) {
@@ -95,7 +111,7 @@ bool Scheduler::make_room_for_decode(const SequencePtr& seq, SchedulerOutput& ou
   return true;
 }
 
-SchedulerOutput Scheduler::schedule_chunked() {
+SchedulerOutput Scheduler::schedule_chunked(bool admit_prompts) {
   SchedulerOutput out;
   int64_t budget = config_.max_num_batched_tokens;
   std::vector<ScheduledSeq> prefills;
@@ -126,7 +142,8 @@ SchedulerOutput Scheduler::schedule_chunked() {
 
   // 3. Admission, FIFO. Not after a preemption that freed blocks for decodes (readmitting the
   // victim at once would thrash), unless nothing else runs this step.
-  const bool admit = out.preempted.empty() || (out.seqs.empty() && prefills.empty());
+  const bool admit =
+      admit_prompts && (out.preempted.empty() || (out.seqs.empty() && prefills.empty()));
   while (admit && !waiting_.empty() && budget >= 1 && num_scheduled() < config_.max_num_seqs) {
     SequencePtr seq = waiting_.front();
     // The head waits for blocks; nobody overtakes it. Nor is a sequence readmitted while a step
@@ -153,12 +170,13 @@ SchedulerOutput Scheduler::schedule_chunked() {
   return out;
 }
 
-SchedulerOutput Scheduler::schedule_prefill_first() {
+SchedulerOutput Scheduler::schedule_prefill_first(bool admit_prompts) {
   SchedulerOutput out;
   int64_t budget = config_.max_num_batched_tokens;
 
   // Prefill-only step: whole prompts, FIFO, the head blocks everyone behind it.
-  while (!waiting_.empty() && int64_t(out.seqs.size()) < config_.max_num_seqs) {
+  while (admit_prompts && !waiting_.empty() &&
+         int64_t(out.seqs.size()) < config_.max_num_seqs) {
     SequencePtr seq = waiting_.front();
     if (seq->num_inflight_steps > 0) break;  // as in schedule_chunked: a guard
     const int64_t n = seq->num_tokens() - blocks_.peek_cached_tokens(*seq);

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -34,6 +35,10 @@ struct SchedulerConfig {
   int64_t max_num_batched_tokens = 16384;
   int64_t max_model_len = 8192;
   bool chunked_prefill = true;  // false: ATOM's strict prefill-first policy (no mixing, no chunks)
+  // ATOM's/vLLM's --scheduler-delay-factor (> 0: on): while sequences run, new prompts are
+  // admitted only once the oldest waiting one has waited longer than delay_factor x the last
+  // prompt step's latency, so prompts arriving close together share one prefill step.
+  double delay_factor = 0.0;
   // The tokenizer's EOS: always a stop token (unless ignore_eos), reported as raw reason "eos";
   // the other params.stop_token_ids report "stop_<id>". -1: none, every stop id is "stop_<id>".
   int32_t eos_token_id = -1;
@@ -101,10 +106,14 @@ class Scheduler {
   const std::vector<SequencePtr>& running() const { return running_; }  // admission order
   const SchedulerConfig& config() const { return config_; }
   BlockManager& block_manager() { return blocks_; }
+  // The clock of the delay gate (steady_clock by default; tests and simulations drive their own).
+  void set_clock(std::function<Sequence::Clock::time_point()> clock) { clock_ = std::move(clock); }
 
  private:
-  SchedulerOutput schedule_chunked();
-  SchedulerOutput schedule_prefill_first();
+  SchedulerOutput schedule_chunked(bool admit_prompts);
+  SchedulerOutput schedule_prefill_first(bool admit_prompts);
+  // The delay gate (SchedulerConfig::delay_factor), evaluated once per schedule() at `now`.
+  bool passed_delay(Sequence::Clock::time_point now);
   // Frees running_.back()'s blocks and puts it at the front of waiting (recompute later).
   void preempt_last(SchedulerOutput& out);
   // Preempts from the back of running until seq can grow by its new token; false when seq
@@ -122,6 +131,12 @@ class Scheduler {
   std::vector<SequencePtr> running_;  // admission order: the back is the preemption victim
   std::unordered_map<int64_t, SequencePtr> unfinished_;  // id -> sequence, waiting or running
   int64_t num_preemptions_ = 0;
+  // Delay gate: when the last schedule() ran, whether it scheduled prompt tokens, and the
+  // latency of the last step that did (seconds).
+  std::function<Sequence::Clock::time_point()> clock_ = [] { return Sequence::Clock::now(); };
+  Sequence::Clock::time_point prev_time_{};
+  bool prev_prompt_ = false;
+  double last_prompt_latency_ = 0.0;
 };
 
 }  // namespace atom
