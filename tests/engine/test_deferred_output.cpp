@@ -767,6 +767,30 @@ TEST_P(DeferredEngine, EngineCoreAbortsEverythingOnAFailingStepAndKeepsServing) 
   EXPECT_EQ(core.kv_cache_usage(), 0.0);
 }
 
+// Health: one failing step is not a degraded engine; kFailedStepsUnhealthy in a row are (the
+// server's /health turns 503), and the next good step makes it healthy again.
+TEST_P(DeferredEngine, EngineCoreIsUnhealthyWhileItsStepsKeepFailing) {
+  FakeModel model(tok_->vocab_size());
+  model.boom = 2;
+  EngineCore core(std::make_unique<LLMEngine>(model, *tok_, config(GetParam())));
+  auto run = [&](std::vector<int32_t> prompt) {
+    std::promise<RequestOutput> done;
+    core.add_request(std::move(prompt), params(3), [&](const RequestOutput& o) {
+      if (o.finished) done.set_value(o);
+    });
+    return done.get_future().get().finish_reason;
+  };
+  EXPECT_TRUE(core.healthy());
+  for (int64_t i = 0; i < EngineCore::kFailedStepsUnhealthy; ++i) {
+    EXPECT_TRUE(core.healthy()) << i << " failed steps";
+    EXPECT_EQ(run({200, 2, 201}), "abort");
+  }
+  EXPECT_FALSE(core.healthy());
+  EXPECT_NE(core.last_error().find("fake model"), std::string::npos) << core.last_error();
+  EXPECT_EQ(run({100, 101, 102}), "length");
+  EXPECT_TRUE(core.healthy());
+}
+
 INSTANTIATE_TEST_SUITE_P(SyncAndAsync, DeferredEngine, ::testing::Bool(),
                          [](const ::testing::TestParamInfo<bool>& i) {
                            return i.param ? "Async" : "Sync";

@@ -100,6 +100,11 @@ void EngineCore::stop_profile(ProfileCallback done) {
   queue_profile_command(false, std::move(done));
 }
 
+std::string EngineCore::last_error() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return last_error_;
+}
+
 void EngineCore::loop() {
   for (;;) {
     std::deque<Pending> incoming;
@@ -155,10 +160,20 @@ void EngineCore::loop() {
       for (int64_t id : ids) engine_->abort(id);
     }
     try {
-      for (RequestOutput& o : engine_->step()) outputs.push_back(std::move(o));
+      bool progressed = false;  // a token came out: the model ran (an idle step proves nothing)
+      for (RequestOutput& o : engine_->step()) {
+        progressed = progressed || !o.new_token_ids.empty();
+        outputs.push_back(std::move(o));
+      }
+      if (progressed) failed_steps_ = 0;
     } catch (const std::exception& e) {
       // A failing step must not take the process down: abort everything in flight.
       ATOM_LOG_ERROR("engine step failed: {}; aborting all requests", e.what());
+      ++failed_steps_;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        last_error_ = e.what();
+      }
       std::vector<int64_t> ids;
       {
         std::lock_guard<std::mutex> lock(mu_);

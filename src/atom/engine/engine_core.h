@@ -62,11 +62,18 @@ class EngineCore {
   // Counters and histograms (all atomics: safe to read while the engine thread steps).
   const EngineStats& stats() const { return engine_->stats(); }
 
+  // Unhealthy once kFailedStepsUnhealthy engine steps in a row have failed (a device that keeps
+  // failing, e.g. a sticky CUDA error), healthy again after a step succeeds; /health answers 503
+  // meanwhile with the last error. One failing step (its requests aborted) is not a degraded
+  // engine.
+  static constexpr int64_t kFailedStepsUnhealthy = 3;
+  bool healthy() const { return failed_steps_.load() < kFailedStepsUnhealthy; }
+  std::string last_error() const;
  private:
   void loop();
 
   std::unique_ptr<LLMEngine> engine_;
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable cv_;
   struct Pending {
     int64_t id;
@@ -89,6 +96,8 @@ class EngineCore {
   std::atomic<int64_t> num_running_{0};
   std::atomic<int64_t> num_waiting_{0};
   std::atomic<double> kv_usage_{0.0};
+  std::atomic<int64_t> failed_steps_{0};  // consecutive failed engine steps
+  std::string last_error_;                // guarded by mu_
   std::thread thread_;
 };
 

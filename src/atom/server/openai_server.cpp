@@ -273,6 +273,8 @@ void OpenAiServer::route(const HttpRequest& req, const std::shared_ptr<HttpRespo
   if (p == "/health") {
     if (draining_) {
       send_json(res, 503, {{"status", "draining"}}, {{"Retry-After", "1"}});
+    } else if (!engine_.healthy()) {  // its steps keep failing: let a load balancer move on
+      send_json(res, 503, {{"status", "unhealthy"}, {"error", engine_.last_error()}});
     } else {
       send_json(res, 200, {{"status", "ok"}});
     }
