@@ -282,6 +282,29 @@ TEST(Cli, AtomsOtherEngineFlags) {
                      "--kv_cache_dtype");
 }
 
+// --log-level, on atom or after any subcommand: debug adds the per-step decode lines, error
+// drops the INFO lines; a bad level is a clear error.
+TEST(Cli, LogLevel) {
+  const std::vector<std::string> gen = {"generate", "--prompt", "x", "--max-tokens", "3"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = gen;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return atom_run(args);
+  };
+  RunResult r = with({"--log-level", "debug"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("Scheduled decode batch"), std::string::npos) << r.err;
+  r = with({});
+  EXPECT_EQ(r.err.find("Scheduled decode batch"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("Scheduled prefill batch"), std::string::npos) << r.err;
+  r = with({"--log-level", "ERROR"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.err.find("Scheduled prefill batch"), std::string::npos) << r.err;
+  r = atom_run({"--log-level", "debug", "generate", "--prompt", "x", "--max-tokens", "3"});
+  EXPECT_NE(r.err.find("Scheduled decode batch"), std::string::npos) << r.err;
+  expect_clean_error(with({"--log-level", "loud"}), "--log-level");
+}
+
 TEST(Cli, HfRepoIdResolvesFromTheHfCacheOffline) {
   // The huggingface_hub cache layout: models--org--name/{refs/main, snapshots/<commit>/...}.
   const fs::path home = tmp("hf_home");

@@ -14,6 +14,13 @@ int main(int argc, char** argv) {
   CLI::App app{"atom: an LLM inference engine (CPU and CUDA)", "atom"};
   app.set_version_flag("--version", std::string("atom ") + ATOM_VERSION);
   app.require_subcommand(1);
+  // Every subcommand takes it too (fallthrough): `atom serve --log-level debug`.
+  app.fallthrough();
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level,
+                 "Messages shown: debug (adds per-step decode batches), info, warning, error")
+      ->check(CLI::IsMember({"debug", "info", "warning", "warn", "error"}, CLI::ignore_case))
+      ->capture_default_str();
   std::map<CLI::App*, atom::apps::Command> commands;
   const auto add = [&](const char* name, const char* help, auto adder) {
     CLI::App* sub = app.add_subcommand(name, help);
@@ -63,6 +70,7 @@ int main(int argc, char** argv) {
   }
   try {
     atom::logging::configure();  // reads ATOM_LOG_MORE: a bad value is reported here
+    atom::logging::set_level(atom::logging::parse_level(log_level));
     for (auto& [sub, run] : commands)
       if (sub->parsed()) return run();
   } catch (const atom::Error& e) {
