@@ -31,29 +31,11 @@ EngineConfig resolve_engine_config(EngineConfig c, const ModelConfig& m, const T
              c.block_size);
   ATOM_CHECK(c.device == "cpu" || c.device == "cuda", kInvalidArgument,
              "unknown device '{}': choose cpu or cuda", c.device);
-  if (c.num_kv_blocks <= 0) {
-    if (c.device == "cuda") {
-#ifdef ATOM_HAVE_CUDA
-      c.num_kv_blocks = 0;  // sized by the runner (cuda_model_runner.h)
-      return c;
-#else
-      throw_error(ErrorCode::kUnsupported, "device 'cuda': this build of atom has no CUDA backend");
-#endif
-    }
+  // "cuda" with 0 blocks: the runner sizes its pool after its warm-up. Either way the count is
+  // checked once the runner exists (LLMEngine::adopt_runner_blocks).
+  if (c.num_kv_blocks <= 0 && c.device == "cpu")
     c.num_kv_blocks = ModelRunner::num_blocks_for_bytes(m, c.kv_cache_bytes, c.block_size);
-  }
-  check_kv_blocks(c);
   return c;
-}
-
-void check_kv_blocks(const EngineConfig& c) {
-  const int64_t len = c.scheduler.max_model_len;
-  const int64_t needed = (len + c.block_size - 1) / c.block_size;
-  ATOM_CHECK(c.num_kv_blocks >= needed, kInvalidArgument,
-             "the KV cache holds {} blocks of {} tokens, too few for one sequence of "
-             "max_model_len {} tokens ({} blocks): raise the KV cache size (--gpu-memory-"
-             "utilization, --cpu-kv-cache-space) or lower --max-model-len",
-             c.num_kv_blocks, c.block_size, len, needed);
 }
 
 std::unique_ptr<Runner> make_runner(Model& model, const EngineConfig& c) {
@@ -86,7 +68,13 @@ LLMEngine::LLMEngine(Model& model, const Tokenizer& tokenizer, EngineConfig conf
 
 int64_t LLMEngine::adopt_runner_blocks() {
   config_.num_kv_blocks = runner_->num_blocks();  // the CUDA runner sizes its own pool
-  check_kv_blocks(config_);
+  const int64_t len = config_.scheduler.max_model_len, bs = config_.block_size;
+  const int64_t needed = (len + bs - 1) / bs;
+  ATOM_CHECK(config_.num_kv_blocks >= needed, kInvalidArgument,
+             "the KV cache holds {} blocks of {} tokens, too few for one sequence of "
+             "max_model_len {} tokens ({} blocks): raise the KV cache size (--gpu-memory-"
+             "utilization, --cpu-kv-cache-space) or lower --max-model-len",
+             config_.num_kv_blocks, bs, len, needed);
   return config_.num_kv_blocks;
 }
 

@@ -128,7 +128,8 @@ class LLMEngine {
     std::unique_ptr<RequestText> text;
     Sequence::Clock::time_point last_token_time{};  // of the last token emitted (statistics)
   };
-  // config_.num_kv_blocks from the runner (which may have sized it), checked; for blocks_.
+  // config_.num_kv_blocks from the runner (which may have sized it), checked to hold one
+  // max_model_len sequence (kInvalidArgument otherwise); for blocks_.
   int64_t adopt_runner_blocks();
   RequestOutput finish_output(Request& r);
   std::vector<StepSeq> make_steps(const SchedulerOutput& sched) const;
@@ -157,11 +158,9 @@ class LLMEngine {
 std::unique_ptr<Runner> make_runner(Model& model, const EngineConfig& config);
 
 // Fills in config.scheduler.max_model_len (0 means the model's context), the EOS id and, on the
-// CPU, the KV block count for `model`, checking that one max_model_len sequence fits. On "cuda"
-// a KV block count of 0 stays 0: the runner sizes the pool after its warm-up.
+// CPU, the KV block count for `model`. On "cuda" a KV block count of 0 stays 0: the runner sizes
+// the pool after its warm-up. LLMEngine checks that one max_model_len sequence fits.
 EngineConfig resolve_engine_config(EngineConfig config, const ModelConfig& model,
                                    const Tokenizer& tokenizer);
-// kInvalidArgument unless config.num_kv_blocks holds one max_model_len sequence.
-void check_kv_blocks(const EngineConfig& config);
 
 }  // namespace atom
