@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "atom/backends/cpu/ops.h"
+#include "atom/backends/cpu/row_kernels.h"
 #include "atom/core/error.h"
 
 namespace atom::cpu {
@@ -575,22 +576,25 @@ void reshape_and_cache(const float* k, const float* v, const int32_t* slot_mappi
   ATOM_CHECK(cache.k != nullptr && cache.v != nullptr, kInvalidArgument,
              "reshape_and_cache: KV cache is not allocated");
   const int64_t row = cache.num_kv_heads * cache.head_dim;  // one token's K (or V), all heads
+  detail::check_slots("reshape_and_cache", slot_mapping, n_tokens, cache);
+#pragma omp parallel for schedule(static) if (n_tokens * row >= (int64_t(1) << 16))
+  for (int64_t t = 0; t < n_tokens; ++t)
+    detail::store_kv(cache, slot_mapping[t], k + t * row, v + t * row);
+}
+
+namespace detail {
+
+void check_slots(const char* op, const int32_t* slot_mapping, int64_t n_tokens,
+                 const KvCacheView& cache) {
   const int64_t num_slots = cache.num_blocks * cache.block_size;
   for (int64_t t = 0; t < n_tokens; ++t) {
     ATOM_CHECK(slot_mapping[t] >= -1 && slot_mapping[t] < num_slots, kOutOfRange,
-               "reshape_and_cache: token {} has slot {}, the cache has {} slots", t,
-               slot_mapping[t], num_slots);
-  }
-  // Slot s is block s / block_size, offset s % block_size: in the [num_blocks, block_size, ...]
-  // layout that is simply row s.
-#pragma omp parallel for schedule(static) if (n_tokens * row >= (int64_t(1) << 16))
-  for (int64_t t = 0; t < n_tokens; ++t) {
-    const int64_t slot = slot_mapping[t];
-    if (slot < 0) continue;  // padding
-    std::memcpy(cache.k + slot * row, k + t * row, size_t(row) * sizeof(float));
-    std::memcpy(cache.v + slot * row, v + t * row, size_t(row) * sizeof(float));
+               "{}: token {} has slot {}, the cache has {} slots", op, t, slot_mapping[t],
+               num_slots);
   }
 }
+
+}  // namespace detail
 
 void paged_attention(const float* q, int64_t num_heads, const KvCacheView& cache,
                      const AttentionBatch& batch, float scale, float* out) {

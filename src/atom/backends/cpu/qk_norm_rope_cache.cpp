@@ -1,7 +1,6 @@
 // The fused q/k RMSNorm + NeoX RoPE + KV-cache write (ops.h qk_norm_rope_and_cache): the unfused
 // ops' row kernels (row_kernels.h) applied token by token, so each token's q, k and v are read
 // once while they sit in L1 instead of once per op.
-#include <cstring>
 #include <vector>
 
 #include "atom/backends/cpu/ops.h"
@@ -23,12 +22,7 @@ void qk_norm_rope_and_cache(float* q, float* k, const float* v, const int32_t* p
              num_heads, nkv, hd);
   detail::check_rope(hd, args.rotary_dim, *args.rope);
   const int64_t row = nkv * hd;  // one token's K (or V), all heads
-  const int64_t num_slots = cache.num_blocks * cache.block_size;
-  for (int64_t t = 0; t < n_tokens; ++t) {
-    ATOM_CHECK(slot_mapping[t] >= -1 && slot_mapping[t] < num_slots, kOutOfRange,
-               "qk_norm_rope_and_cache: token {} has slot {}, the cache has {} slots", t,
-               slot_mapping[t], num_slots);
-  }
+  detail::check_slots("qk_norm_rope_and_cache", slot_mapping, n_tokens, cache);
   const int64_t half = args.rotary_dim / 2;
   // As the unfused ops: a decode step's few kilobytes stay on one thread.
   const bool parallel = n_tokens > 1 && n_tokens * (num_heads + 2 * nkv) * hd >= (int64_t(1) << 15);
@@ -53,12 +47,9 @@ void qk_norm_rope_and_cache(float* q, float* k, const float* v, const int32_t* p
       detail::rope_cos_sin(positions[t], *args.rope, c, s);
       for (int64_t h = 0; h < num_heads; ++h) detail::rope_rotate_head(qt + h * hd, half, c, s);
       for (int64_t h = 0; h < nkv; ++h) detail::rope_rotate_head(kt + h * hd, half, c, s);
-      // Slot s is row s of the [num_blocks, block_size, nkv, hd] layout. An FP8 cache would
-      // quantize here, the step the variable's name promises once atom has one.
-      const int64_t slot = slot_mapping[t];
-      if (slot < 0) continue;  // padding
-      std::memcpy(cache.k + slot * row, kt, size_t(row) * sizeof(float));
-      std::memcpy(cache.v + slot * row, v + t * row, size_t(row) * sizeof(float));
+      // An FP8 cache would quantize here, the step the variable's name promises once atom has
+      // one.
+      detail::store_kv(cache, slot_mapping[t], kt, v + t * row);
     }
   }
 }
