@@ -21,6 +21,7 @@
 #include "atom/engine/llm_engine.h"
 #include "atom/engine/stats.h"
 #include "atom/tokenizer/tokenizer.h"
+#include "common/fake_model.h"
 #include "engine_test_util.h"
 
 namespace atom {
@@ -192,32 +193,6 @@ TEST(FinishReasons, Mapping) {
 
 // --- Counters of a running engine --------------------------------------------------------------
 
-// Always prefers token `kToken` (then kToken + 1): a request stops at its first kToken when that
-// is a stop id (after min_tokens), else runs to max_tokens.
-class ConstantModel : public Model {
- public:
-  static constexpr int32_t kToken = 9;
-  explicit ConstantModel(int64_t vocab) {
-    config_.architecture = "ConstantForCausalLM";
-    config_.vocab_size = vocab;
-    config_.num_hidden_layers = 1;
-    config_.num_key_value_heads = 1;
-    config_.head_dim = 1;
-    config_.max_position_embeddings = 256;
-  }
-  const ModelConfig& config() const override { return config_; }
-  void forward(const ForwardBatch& batch, KvCache&, std::vector<float>& logits) override {
-    const size_t vocab = size_t(config_.vocab_size);
-    logits.assign(batch.logits_indices.size() * vocab, 0.0f);
-    for (size_t r = 0; r < batch.logits_indices.size(); ++r) {
-      logits[r * vocab + kToken] = 1.0f;
-      logits[r * vocab + kToken + 1] = 0.5f;
-    }
-  }
-
- private:
-  ModelConfig config_;
-};
 
 SamplingParams greedy(int64_t max_tokens) {
   SamplingParams p;
@@ -266,11 +241,11 @@ Tokenizer* EngineStatsTest::tok_ = nullptr;
 int64_t value(const std::atomic<int64_t>& c) { return c.load(); }
 
 TEST_P(EngineStatsTest, TokensFinishReasonsAndObservationsMatchTheOutputs) {
-  ConstantModel model(tok_->vocab_size());
+  FakeModel model(tok_->vocab_size(), /*constant_logits=*/true);
   LLMEngine engine(model, *tok_, config(64));
   const EngineStats& st = engine.stats();
   SamplingParams stop = greedy(10);
-  stop.stop_token_ids = {ConstantModel::kToken};
+  stop.stop_token_ids = {FakeModel::kConstantToken};
   stop.min_tokens = 3;  // stops at its 4th token, which counts as generated
   const std::vector<std::vector<int32_t>> prompts = {iota_tokens(5, 20), iota_tokens(9, 40),
                                                      iota_tokens(3, 60)};
@@ -307,7 +282,7 @@ TEST_P(EngineStatsTest, TokensFinishReasonsAndObservationsMatchTheOutputs) {
 }
 
 TEST_P(EngineStatsTest, AbortsCountAsAbortAndKeepTheirTokens) {
-  ConstantModel model(tok_->vocab_size());
+  FakeModel model(tok_->vocab_size(), /*constant_logits=*/true);
   LLMEngine engine(model, *tok_, config(64));
   const EngineStats& st = engine.stats();
   const int64_t running = engine.add_request(iota_tokens(4, 20), greedy(50));
@@ -338,7 +313,7 @@ TEST_P(EngineStatsTest, AbortsCountAsAbortAndKeepTheirTokens) {
 // Queries and hits in tokens, as vLLM counts them: the second request reuses the two full
 // blocks (8 tokens) of the first one's prompt.
 TEST_P(EngineStatsTest, PrefixCacheQueriesAndHits) {
-  ConstantModel model(tok_->vocab_size());
+  FakeModel model(tok_->vocab_size(), /*constant_logits=*/true);
   LLMEngine engine(model, *tok_, config(64, /*prefix_caching=*/true));
   const EngineStats& st = engine.stats();
   std::vector<int32_t> first = iota_tokens(10, 20);
@@ -359,7 +334,7 @@ TEST_P(EngineStatsTest, PrefixCacheQueriesAndHits) {
 // A pool too small for three sequences at once forces preemptions; the counter follows the
 // scheduler's, and tokens are still counted once each (recomputation is not generation).
 TEST_P(EngineStatsTest, PreemptionsAreCountedAndRecomputeAddsNoTokens) {
-  ConstantModel model(tok_->vocab_size());
+  FakeModel model(tok_->vocab_size(), /*constant_logits=*/true);
   EngineConfig c = config(16);
   LLMEngine engine(model, *tok_, c);
   const EngineStats& st = engine.stats();
@@ -378,7 +353,7 @@ TEST_P(EngineStatsTest, PreemptionsAreCountedAndRecomputeAddsNoTokens) {
 }
 
 TEST_P(EngineStatsTest, ScheduledPrefillBatchLine) {
-  ConstantModel model(tok_->vocab_size());
+  FakeModel model(tok_->vocab_size(), /*constant_logits=*/true);
   LLMEngine engine(model, *tok_, config(64));
   const int64_t a = engine.add_request(iota_tokens(5, 20), greedy(3));
   const int64_t b = engine.add_request(iota_tokens(7, 40), greedy(3));
@@ -425,7 +400,7 @@ INSTANTIATE_TEST_SUITE_P(SyncAndAsync, EngineStatsTest, ::testing::Bool(),
 TEST(EngineCoreStats, RequestLinesAndLiveCounters) {
   std::unique_ptr<Tokenizer> tok =
       Tokenizer::from_hf_folder(std::string(ATOM_TEST_DATA_DIR) + "/hf_models/llama-tiny");
-  ConstantModel model(tok->vocab_size());
+  FakeModel model(tok->vocab_size(), /*constant_logits=*/true);
   EngineConfig c;
   c.block_size = 4;
   c.num_kv_blocks = 64;

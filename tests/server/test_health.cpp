@@ -1,10 +1,9 @@
 // GET /health reports a degraded engine: 200 while steps succeed, 503 {"status": "unhealthy",
 // "error": ...} once EngineCore::kFailedStepsUnhealthy steps in a row have failed (a device that
 // keeps failing), 200 again after a step succeeds. OpenAiServer::handle is driven directly with a
-// recording responder; the model fails on demand.
+// recording responder; the fake model fails on the prompts that hold its `boom` token.
 #include <gtest/gtest.h>
 
-#include <atomic>
 #include <future>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -16,33 +15,10 @@
 #include "atom/models/model.h"
 #include "atom/server/openai_server.h"
 #include "atom/tokenizer/tokenizer.h"
+#include "common/fake_model.h"
 
 namespace atom::server {
 namespace {
-
-// Logits that always pick token 5; forward throws while `fail` is set.
-class SwitchableModel : public Model {
- public:
-  explicit SwitchableModel(int64_t vocab) {
-    config_.architecture = "FakeForCausalLM";
-    config_.vocab_size = vocab;
-    config_.num_hidden_layers = 1;
-    config_.num_key_value_heads = 1;
-    config_.head_dim = 1;
-    config_.max_position_embeddings = 128;
-  }
-  const ModelConfig& config() const override { return config_; }
-  void forward(const ForwardBatch& batch, KvCache&, std::vector<float>& logits) override {
-    ATOM_CHECK(!fail.load(), kInternal, "the device is gone");
-    logits.assign(batch.logits_indices.size() * size_t(config_.vocab_size), 0.0f);
-    for (size_t r = 0; r < batch.logits_indices.size(); ++r)
-      logits[r * size_t(config_.vocab_size) + 5] = 1.0f;
-  }
-  std::atomic<bool> fail{false};
-
- private:
-  ModelConfig config_;
-};
 
 // Records the one response of a non-streaming request.
 class Recorder : public HttpResponder {
@@ -76,7 +52,8 @@ std::pair<int, std::string> call(OpenAiServer& api, const std::string& method,
 TEST(Health, ReportsAnEngineWhoseStepsKeepFailing) {
   const auto tok =
       Tokenizer::from_hf_folder(std::string(ATOM_TEST_DATA_DIR) + "/hf_models/llama-tiny");
-  SwitchableModel model(tok->vocab_size());
+  FakeModel model(tok->vocab_size());
+  model.boom = 2;
   EngineConfig c;
   c.num_kv_blocks = 16;
   c.scheduler.max_model_len = 64;
@@ -84,21 +61,21 @@ TEST(Health, ReportsAnEngineWhoseStepsKeepFailing) {
   OpenAiServerConfig sc;
   sc.served_model_name = "m";
   OpenAiServer api(core, *tok, sc);
-  const std::string completion = R"({"model": "m", "prompt": [1, 2, 3], "max_tokens": 2})";
+  const std::string completion = R"({"model": "m", "prompt": [100, 101], "max_tokens": 2})";
+  const std::string failing = R"({"model": "m", "prompt": [100, 2, 101], "max_tokens": 2})";
 
   EXPECT_EQ(call(api, "GET", "/health").first, 200);
-  model.fail = true;
   for (int64_t i = 0; i < EngineCore::kFailedStepsUnhealthy; ++i) {
     EXPECT_EQ(call(api, "GET", "/health").first, 200) << i << " failed steps";
-    (void)call(api, "POST", "/v1/completions", completion);  // its step fails; it is aborted
+    (void)call(api, "POST", "/v1/completions", failing);  // its step fails; it is aborted
   }
   const auto [status, body] = call(api, "GET", "/health");
   EXPECT_EQ(status, 503);
   const nlohmann::json j = nlohmann::json::parse(body);
   EXPECT_EQ(j.at("status"), "unhealthy");
-  EXPECT_NE(j.at("error").get<std::string>().find("the device is gone"), std::string::npos)
+  EXPECT_NE(j.at("error").get<std::string>().find("the fake model was fed token 2"),
+            std::string::npos)
       << body;
-  model.fail = false;
   EXPECT_EQ(call(api, "POST", "/v1/completions", completion).first, 200);
   EXPECT_EQ(call(api, "GET", "/health").first, 200);
   core.shutdown();
