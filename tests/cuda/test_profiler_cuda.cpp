@@ -8,78 +8,26 @@
 #include <zlib.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
-#include "atom/core/dtype.h"
 #include "atom/core/profiler.h"
-#include "atom/models/decoder.h"
 #include "atom/runner/cuda/cuda_model_runner.h"
 #include "atom/runner/cuda/cupti_trace.h"
 #include "atom/runner/model_runner.h"
 #include "cuda_test_util.h"
+#include "tiny_decoder.h"
 
 namespace atom {
 namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-cpu::QMatrix bf16_matrix(WeightStorage& storage, int64_t rows, int64_t cols, double std,
-                         uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(0.0f, float(std));
-  std::vector<uint8_t>& bytes = storage.emplace_back(size_t(rows * cols) * 2);
-  for (size_t i = 0; i < size_t(rows * cols); ++i) {
-    const uint16_t b = f32_to_bf16(dist(rng));
-    std::memcpy(bytes.data() + 2 * i, &b, 2);
-  }
-  return cpu::make_qmatrix(GgmlType::kBF16, bytes.data(), rows, cols);
-}
-
-// A 2-layer Llama at head_dim 64 with random bf16 weights: only the kernels matter here.
-std::unique_ptr<Model> tiny_llama() {
-  ModelConfig c;
-  c.architecture = "LlamaForCausalLM";
-  c.vocab_size = 512;
-  c.hidden_size = 256;
-  c.intermediate_size = 512;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 64;
-  c.rotary_dim = 64;
-  c.rms_norm_eps = 1e-6;
-  c.rope_theta = 5e5;
-  c.max_position_embeddings = 1024;
-  const int64_t H = c.hidden_size, I = c.intermediate_size, D = c.head_dim;
-  const int64_t qkv = (c.num_attention_heads + 2 * c.num_key_value_heads) * D;
-  DecoderWeights w;
-  uint64_t seed = 7;
-  w.embed = bf16_matrix(w.storage, c.vocab_size, H, 1.0, seed++);
-  w.lm_head = bf16_matrix(w.storage, c.vocab_size, H, 3.0 / std::sqrt(H), seed++);
-  w.final_norm.assign(size_t(H), 1.0f);
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    DecoderLayerWeights& L = w.layers.emplace_back();
-    L.attn_norm.assign(size_t(H), 1.0f);
-    L.ffn_norm.assign(size_t(H), 1.0f);
-    L.qkv = bf16_matrix(w.storage, qkv, H, 1.0 / std::sqrt(H), seed++);
-    L.o = bf16_matrix(w.storage, H, c.num_attention_heads * D, 0.5 / std::sqrt(H), seed++);
-    L.gate_up = bf16_matrix(w.storage, 2 * I, H, 1.0 / std::sqrt(H), seed++);
-    L.down = bf16_matrix(w.storage, H, I, 0.5 / std::sqrt(I), seed++);
-  }
-  cpu::RopeTable rope =
-      cpu::make_rope_inv_freq(c.rotary_dim, c.rope_theta, cpu::RopeScaling{}, 1024);
-  return make_decoder_model(c, DecoderVariant{}, std::move(w), std::move(rope));
-}
 
 std::string gunzip(const std::string& path) {
   gzFile f = gzopen(path.c_str(), "rb");
@@ -100,7 +48,7 @@ TEST(CudaProfiler, KernelsOnTheHostTimeline) {
       fs::temp_directory_path() / ("atom_cuda_profile_" + std::to_string(getpid()));
   fs::remove_all(dir);
 
-  const std::unique_ptr<Model> model = tiny_llama();
+  const std::unique_ptr<Model> model = cuda::test::make_tiny(/*qwen3=*/false);
   CudaRunnerConfig rc;
   rc.num_blocks = 32;
   rc.block_size = 16;
