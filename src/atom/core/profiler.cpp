@@ -158,22 +158,30 @@ std::string event_name(const HostEvent& e) {
   return e.index >= 0 ? fmt::format("{} {}", e.name, e.index) : std::string(e.name);
 }
 
-void append_host_event(std::string& out, const Collected& c) {
-  const HostEvent& e = c.e;
+// An event's fields up to its args, the object left open:
+// {"ph":..,"name":..,"cat":..,"pid":..,"tid":..,"ts":..[,"dur":..|,"s":"t"]
+void append_event_head(std::string& out, char ph, std::string_view name, std::string_view cat,
+                       int64_t pid, int64_t tid, int64_t ts_ns, int64_t dur_ns) {
   out += "{\"ph\":\"";
-  out += e.ph;
+  out += ph;
   out += "\",\"name\":";
-  append_escaped(out, event_name(e));
+  append_escaped(out, name);
   out += ",\"cat\":";
-  append_escaped(out, e.cat ? e.cat : "host");
-  fmt::format_to(std::back_inserter(out), ",\"pid\":{},\"tid\":{},\"ts\":", c.pid, c.tid);
-  append_us(out, e.ts_ns);
-  if (e.ph == 'X') {
+  append_escaped(out, cat);
+  fmt::format_to(std::back_inserter(out), ",\"pid\":{},\"tid\":{},\"ts\":", pid, tid);
+  append_us(out, ts_ns);
+  if (ph == 'X') {
     out += ",\"dur\":";
-    append_us(out, e.dur_ns);
-  } else if (e.ph == 'i') {
+    append_us(out, dur_ns);
+  } else if (ph == 'i') {
     out += ",\"s\":\"t\"";
   }
+}
+
+void append_host_event(std::string& out, const Collected& c) {
+  const HostEvent& e = c.e;
+  append_event_head(out, e.ph, event_name(e), e.cat ? e.cat : "host", c.pid, c.tid, e.ts_ns,
+                    e.dur_ns);
   if (e.num_args > 0) {
     out += ",\"args\":{";
     for (uint8_t i = 0; i < e.num_args; ++i) {
@@ -187,20 +195,7 @@ void append_host_event(std::string& out, const Collected& c) {
 }
 
 void append_trace_event(std::string& out, const TraceEvent& e) {
-  out += "{\"ph\":\"";
-  out += e.ph;
-  out += "\",\"name\":";
-  append_escaped(out, e.name);
-  out += ",\"cat\":";
-  append_escaped(out, e.cat);
-  fmt::format_to(std::back_inserter(out), ",\"pid\":{},\"tid\":{},\"ts\":", e.pid, e.tid);
-  append_us(out, e.ts_ns);
-  if (e.ph == 'X') {
-    out += ",\"dur\":";
-    append_us(out, e.dur_ns);
-  } else if (e.ph == 'i') {
-    out += ",\"s\":\"t\"";
-  }
+  append_event_head(out, e.ph, e.name, e.cat, e.pid, e.tid, e.ts_ns, e.dur_ns);
   if (!e.args.is_null()) {
     out += ",\"args\":";
     out += e.args.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
