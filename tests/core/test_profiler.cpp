@@ -3,7 +3,6 @@
 // and that nothing is recorded or written while the profiler is off.
 #include <gtest/gtest.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -17,6 +16,7 @@
 
 #include "atom/core/error.h"
 #include "atom/core/profiler.h"
+#include "common/gunzip.h"
 
 namespace atom::profiler {
 namespace {
@@ -24,17 +24,7 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-std::string gunzip(const std::string& path) {
-  gzFile f = gzopen(path.c_str(), "rb");
-  EXPECT_NE(f, nullptr) << path;
-  if (!f) return {};
-  std::string out;
-  char buf[1 << 15];
-  int n;
-  while ((n = gzread(f, buf, sizeof(buf))) > 0) out.append(buf, size_t(n));
-  gzclose(f);
-  return out;
-}
+using test::gunzip;
 
 std::vector<fs::path> files_in(const fs::path& dir) {
   std::vector<fs::path> out;

@@ -5,7 +5,6 @@
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -20,6 +19,7 @@
 #include "atom/runner/cuda/cuda_model_runner.h"
 #include "atom/runner/cuda/cupti_trace.h"
 #include "atom/runner/model_runner.h"
+#include "common/gunzip.h"
 #include "cuda_test_util.h"
 #include "tiny_decoder.h"
 
@@ -29,16 +29,7 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-std::string gunzip(const std::string& path) {
-  gzFile f = gzopen(path.c_str(), "rb");
-  if (!f) return {};
-  std::string out;
-  char buf[1 << 15];
-  int n;
-  while ((n = gzread(f, buf, sizeof(buf))) > 0) out.append(buf, size_t(n));
-  gzclose(f);
-  return out;
-}
+using test::gunzip;
 
 TEST(CudaProfiler, KernelsOnTheHostTimeline) {
   if (!cuda::test::gpu_visible()) GTEST_SKIP() << "no CUDA device visible";
