@@ -8,12 +8,14 @@
 #   4. serving, 8B shape: atom serve + atom bench serve, random 1024/1024, ratio 1.0, ignore-eos,
 #      concurrency 1, 16, 64, 256 with 4x as many prompts (at least 32)
 #   5. start-up to ready of that server
+#   timeline: one profiled decode run at batch 1 and 64, summarised kernel by kernel
 #   6. transformers on the same random-weight shape (scripts/hf_baseline.py), and the previous
 #      run's figures (docs/bench-results.json, committed with each recorded run)
 # and prints one table: figure, target, roofline from the measured ceilings, baselines
 # (scripts/bench_table.py). Results go to $ATOM_BUILD_DIR/bench-results/; the new summary to
 # bench-results/summary.json (copy it over docs/bench-results.json when recording a run).
 #   scripts/gpu-bench.sh [only...]    e.g. scripts/gpu-bench.sh decode prefill
+# ATOM_BENCH_CONCURRENCY="64 256" serves only these concurrencies (default: 1 16 64 256).
 # ATOM_BENCH_DRY=1 runs every step on the CPU with a tiny model and tiny lengths: it checks this
 # script and the table, not the engine's speed (no ceilings, no transformers baseline).
 set -uo pipefail
@@ -99,6 +101,18 @@ if want prefill; then
     --max-model-len 1536 --max-num-seqs 16 --max-num-batched-tokens 16384 \
     --output-json "$out/prefill-16x1024.json"
 fi
+if want timeline; then
+  # One profiled decode run at batch 1 and at batch 64 (8B shape): the kernel-by-kernel
+  # breakdown of a decode step (scripts/trace_summary.py) that the roofline gap is read from.
+  for b in 1 64; do
+    rm -rf "$out/trace-b$b"
+    step "timeline-b$b" "$atom" bench latency --model "$llama8b" "${dummy[@]}" --batch-size "$b" \
+      --input-len "$(len 128)" --output-len "$(len 128)" --num-iters-warmup 1 --num-iters 1 \
+      --max-model-len 1024 --max-num-seqs 64 --profile --torch-profiler-dir "$out/trace-b$b" &&
+      python3 scripts/trace_summary.py "$(ls "$out/trace-b$b"/rank_0/*.pt.trace.json.gz)" \
+        --json "$out/timeline-b$b.json" | tee "$out/timeline-b$b.txt" >&2
+  done
+fi
 if want throughput; then
   n=256
   [ "$dry" = 1 ] && n=16
@@ -128,7 +142,7 @@ if want serve; then
     rc=1
   else
     printf '{"startup_seconds": %s}\n' "$ready" >"$out/startup.json"
-    for c in 1 16 64 256; do
+    for c in ${ATOM_BENCH_CONCURRENCY:-1 16 64 256}; do
       prompts=$(( 4 * c < 32 ? 32 : 4 * c ))
       [ "$dry" = 1 ] && prompts=$(( c < 8 ? 8 : c ))
       step "serve-c$c" "$atom" bench serve --backend vllm --port "$port" \

@@ -44,6 +44,7 @@ Command add_bench_latency(CLI::App& app) {
     int64_t num_iters_warmup = 10, num_iters = 30;
     uint64_t seed = 0;
     std::string output_json;
+    bool profile = false;
   };
   auto o = std::make_shared<Opts>();
   o->engine.add_to(app);
@@ -64,6 +65,9 @@ Command add_bench_latency(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--seed", o->seed, "Random seed of the prompts");
   app.add_option("--output-json", o->output_json, "Write the figures to this JSON file");
+  app.add_flag("--profile", o->profile,
+               "After the timed runs, record one more run into a trace under "
+               "--torch-profiler-dir (or ATOM_TORCH_PROFILER_DIR), as vLLM's --profile does");
   return [o]() {
     set_threads(o->engine.threads);
     LoadedModel m = load_model(o->engine.model);
@@ -74,6 +78,8 @@ Command add_bench_latency(CLI::App& app) {
     ATOM_CHECK(need <= cfg.scheduler.max_model_len, kInvalidArgument,
                "--input-len {} + --output-len {} exceed --max-model-len {}", o->input_len,
                o->output_len, cfg.scheduler.max_model_len);
+    ATOM_CHECK(!o->profile || !cfg.torch_profiler_dir.empty(), kInvalidArgument,
+               "--profile needs --torch-profiler-dir or ATOM_TORCH_PROFILER_DIR");
     LLMEngine engine(*m.model, *m.tokenizer, cfg);
 
     // Token ids uniform in [0, 10000) (clamped to the vocabulary), greedy: the figures do not
@@ -126,6 +132,11 @@ Command add_bench_latency(CLI::App& app) {
       prefills.push_back(it.prefill);
       if (o->output_len > 1 && it.latency > it.prefill)
         decode_rates.push_back(double(o->output_len - 1) / (it.latency - it.prefill));
+    }
+    if (o->profile) {
+      engine.start_profile();
+      (void)run_once();
+      std::printf("Profiled one run: %s\n", engine.stop_profile().c_str());
     }
     std::vector<double> sorted = latencies;
     std::sort(sorted.begin(), sorted.end());
