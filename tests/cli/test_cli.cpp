@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -262,6 +263,33 @@ TEST(Cli, BenchLatencyReportsPrefillAndDecode) {
   expect_clean_error(atom_run({"bench", "latency", "--input-len", "9000", "--output-len", "4",
                                "--max-model-len", "4096"}),
                      "--max-model-len");
+}
+
+// --profile records one more run into a trace (vLLM's benchmark_latency --profile), and
+// scripts/trace_summary.py reads its decode steps back: 5 of the 6 steps of a 6-token output.
+TEST(Cli, BenchLatencyProfileTraceAndSummary) {
+  const std::string dir = tmp("latency_trace");
+  fs::remove_all(dir);
+  const RunResult r = atom_run({"bench", "latency", "--batch-size", "1", "--input-len", "8",
+                                "--output-len", "6", "--num-iters-warmup", "0", "--num-iters", "1",
+                                "--profile", "--torch-profiler-dir", dir});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const size_t at = r.out.find("Profiled one run: ");
+  ASSERT_NE(at, std::string::npos) << r.out;
+  std::string trace = r.out.substr(at + 18);
+  trace = trace.substr(0, trace.find('\n'));
+  ASSERT_TRUE(fs::exists(trace)) << trace;
+  EXPECT_EQ(fs::path(trace).parent_path().filename(), "rank_0");
+  const std::string summary = tmp("summary.txt");
+  const std::string cmd = "python3 " + std::string(ATOM_SOURCE_DIR) +
+                          "/scripts/trace_summary.py '" + trace + "' > '" + summary + "' 2>&1";
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << slurp(summary);
+  const std::string text = slurp(summary);
+  EXPECT_NE(text.find(": 5 decode steps"), std::string::npos) << text;
+  EXPECT_NE(text.find("forward"), std::string::npos) << text;
+  fs::remove_all(dir);
+  fs::remove(summary);
+  expect_clean_error(atom_run({"bench", "latency", "--profile"}), "--torch-profiler-dir");
 }
 
 // ATOM's remaining engine flags: accepted where atom's behaviour is the same (--level,

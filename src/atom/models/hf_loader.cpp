@@ -74,10 +74,13 @@ class CheckpointSource final : public HfWeightSource {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Dummy weights: N(0, kDummyStd) from a counter-based generator, so every element is computed
-// independently (in parallel) and the values depend only on the tensor name and index.
+// Dummy weights: uniform with standard deviation kDummyStd (as vLLM's dummy loader, a uniform
+// range) from a counter-based generator, so every element is computed independently (in
+// parallel) and the values depend only on the tensor name and index. One hash and no
+// transcendental per element: an 8B model's 8e9 values take about a second on 16 cores (the
+// Box-Muller normal this replaced took most of a 20 s start-up).
 
-constexpr double kDummyStd = 0.02;
+constexpr float kDummyStd = 0.02f;
 
 uint64_t splitmix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
@@ -92,13 +95,12 @@ uint64_t fnv1a(const std::string& s) {
   return h;
 }
 
-// Element i of tensor `seed`: Box-Muller over two 53-bit uniforms in (0, 1].
+// Element i of tensor `seed`: uniform in [-a, a) with a = sqrt(3) * kDummyStd, from 24 bits.
 float dummy_value(uint64_t seed, int64_t i) {
-  const uint64_t a = splitmix64(seed ^ splitmix64(uint64_t(2 * i)));
-  const uint64_t b = splitmix64(seed ^ splitmix64(uint64_t(2 * i + 1)));
-  const double u1 = double((a >> 11) + 1) * 0x1.0p-53;
-  const double u2 = double(b >> 11) * 0x1.0p-53;
-  return float(kDummyStd * std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2));
+  const uint64_t h = splitmix64(seed ^ splitmix64(uint64_t(i)));
+  const float u = float(h >> 40) * 0x1.0p-24f;  // [0, 1)
+  constexpr float kHalfWidth = 1.7320508f * kDummyStd;
+  return (2.0f * u - 1.0f) * kHalfWidth;
 }
 
 class DummySource final : public HfWeightSource {
