@@ -149,40 +149,21 @@ size_t weight_elements(const ModelConfig& c, const Dims& d) {
   return n;
 }
 
-uint16_t to_bf16_bits(float x) { return f32_to_bf16(x); }
-
-// Rows of the parts, dequantized to f32 and rounded to bf16, stacked in order.
-std::vector<uint16_t> host_bf16(std::initializer_list<const cpu::QMatrix*> parts) {
-  size_t total = 0;
-  int64_t cols = -1;
-  for (const cpu::QMatrix* m : parts) {
-    ATOM_CHECK(m->data != nullptr, kInternal, "a weight matrix to upload is missing");
-    ATOM_CHECK(cols < 0 || m->cols == cols, kInternal, "stacked parts of different widths");
-    cols = m->cols;
-    total += size_t(m->rows * m->cols);
+// One weight row as bf16: copied when the checkpoint holds bf16 (no f32 round trip), else
+// dequantized to f32 and rounded. `scratch` holds cols floats.
+void row_to_bf16(const cpu::QMatrix& w, int64_t r, uint16_t* dst, std::vector<float>& scratch) {
+  if (w.type == GgmlType::kBF16) {
+    std::memcpy(dst, w.row(r), size_t(w.cols) * sizeof(uint16_t));
+    return;
   }
-  std::vector<uint16_t> out(total);
-  size_t at = 0;
-  for (const cpu::QMatrix* m : parts) {
-    const cpu::QMatrix& w = *m;
-#pragma omp parallel
-    {
-      std::vector<float> row(size_t(w.cols));
-#pragma omp for schedule(static)
-      for (int64_t r = 0; r < w.rows; ++r) {
-        cpu::dequantize_row(w.type, w.row(r), row.data(), w.cols);
-        uint16_t* dst = out.data() + at + size_t(r * w.cols);
-        for (int64_t c = 0; c < w.cols; ++c) dst[c] = to_bf16_bits(row[size_t(c)]);
-      }
-    }
-    at += size_t(w.rows * w.cols);
-  }
-  return out;
+  scratch.resize(size_t(w.cols));
+  cpu::dequantize_row(w.type, w.row(r), scratch.data(), w.cols);
+  for (int64_t c = 0; c < w.cols; ++c) dst[c] = f32_to_bf16(scratch[size_t(c)]);
 }
 
 std::vector<uint16_t> host_bf16(const std::vector<float>& v) {
   std::vector<uint16_t> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = to_bf16_bits(v[i]);
+  for (size_t i = 0; i < v.size(); ++i) out[i] = f32_to_bf16(v[i]);
   return out;
 }
 
@@ -341,6 +322,15 @@ struct CudaModelRunner::Impl {
   bf16* upload_or_null(const std::vector<float>& v) {
     return v.empty() ? nullptr : upload(host_bf16(v));
   }
+  // The parts' rows as bf16, stacked in order, into one new device matrix [sum rows, cols].
+  bf16* upload_matrix(std::initializer_list<const cpu::QMatrix*> parts);
+  // Pinned staging for upload_matrix: kUploadBuffers chunks, each reused once its copy is done.
+  static constexpr int kUploadBuffers = 2;
+  static constexpr size_t kUploadChunkBytes = size_t(64) << 20;
+  void* upload_pinned = nullptr;
+  cudaEvent_t upload_done[kUploadBuffers] = {};
+  int64_t upload_chunks = 0;
+  void free_upload_staging();
 
   Impl(const Model& model, const CudaRunnerConfig& config);
   ~Impl();
@@ -418,8 +408,11 @@ void CudaModelRunner::Impl::init(const DecoderParts& parts) {
 
   // Weights: dequantized, bf16, stacked as the CPU stacks them.
   const DecoderWeights& w = *parts.weights;
-  embed = upload(host_bf16({&w.embed}));
-  lm_head = w.lm_head.data == w.embed.data ? embed : upload(host_bf16({&w.lm_head}));
+  ATOM_CUDA_CHECK(cudaMallocHost(&upload_pinned, kUploadBuffers * kUploadChunkBytes));
+  for (cudaEvent_t& e : upload_done)
+    ATOM_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  embed = upload_matrix({&w.embed});
+  lm_head = w.lm_head.data == w.embed.data ? embed : upload_matrix({&w.lm_head});
   final_norm = upload(host_bf16(w.final_norm));
   ATOM_CHECK(parts.rope != nullptr && parts.rope->inv_freq.size() == size_t(cfg.rotary_dim / 2),
              kInternal, "rotary table of {} frequencies for rotary_dim {}",
@@ -435,17 +428,18 @@ void CudaModelRunner::Impl::init(const DecoderParts& parts) {
     dl.ffn_norm = upload(host_bf16(L.ffn_norm));
     dl.q_norm = upload_or_null(L.q_norm);
     dl.k_norm = upload_or_null(L.k_norm);
-    dl.qkv = L.qkv.data ? upload(host_bf16({&L.qkv})) : upload(host_bf16({&L.q, &L.k, &L.v}));
+    dl.qkv = L.qkv.data ? upload_matrix({&L.qkv}) : upload_matrix({&L.q, &L.k, &L.v});
     dl.qkv_bias = upload_or_null(L.qkv_bias);
-    dl.o = upload(host_bf16({&L.o}));
+    dl.o = upload_matrix({&L.o});
     dl.o_bias = upload_or_null(L.o_bias);
     dl.gate_up =
-        L.gate_up.data ? upload(host_bf16({&L.gate_up})) : upload(host_bf16({&L.gate, &L.up}));
+        L.gate_up.data ? upload_matrix({&L.gate_up}) : upload_matrix({&L.gate, &L.up});
     dl.gate_up_bias = upload_or_null(L.gate_up_bias);
-    dl.down = upload(host_bf16({&L.down}));
+    dl.down = upload_matrix({&L.down});
     dl.down_bias = upload_or_null(L.down_bias);
     layers.push_back(dl);
   }
+  free_upload_staging();
   ATOM_CHECK(!variant.qk_norm || (layers.empty() || layers[0].q_norm != nullptr), kInternal,
              "a q/k-norm model without q/k norm weights");
 
@@ -496,6 +490,7 @@ void CudaModelRunner::Impl::release_all() {
   for (int32_t* p : extra_staging)
     if (p) (void)cudaFreeHost(p);
   if (pinned) (void)cudaFreeHost(pinned);
+  free_upload_staging();
   if (stream) (void)cudaStreamDestroy(stream);
   graphs.clear();
   device_allocs.clear();
@@ -505,6 +500,57 @@ void CudaModelRunner::Impl::release_all() {
   stream = nullptr;
   for (cudaEvent_t& e : events) e = nullptr;
   for (int32_t*& p : extra_staging) p = nullptr;
+}
+
+bf16* CudaModelRunner::Impl::upload_matrix(std::initializer_list<const cpu::QMatrix*> parts) {
+  int64_t rows = 0, cols = -1;
+  for (const cpu::QMatrix* m : parts) {
+    ATOM_CHECK(m->data != nullptr, kInternal, "a weight matrix to upload is missing");
+    ATOM_CHECK(cols < 0 || m->cols == cols, kInternal, "stacked parts of different widths");
+    cols = m->cols;
+    rows += m->rows;
+  }
+  bf16* dst = device_alloc<bf16>(size_t(rows * cols));
+  const size_t row_bytes = size_t(cols) * sizeof(uint16_t);
+  const int64_t chunk_rows = std::max<int64_t>(1, int64_t(kUploadChunkBytes / row_bytes));
+  ATOM_CHECK(size_t(chunk_rows) * row_bytes <= kUploadChunkBytes, kUnsupported,
+             "a weight row of {} bytes exceeds the {} MiB upload chunk", row_bytes,
+             kUploadChunkBytes >> 20);
+  // Chunks of rows go through the pinned buffers in turn: the host fills one (bf16 rows copied,
+  // others converted, in parallel) while the previous one is copied to the device, so the
+  // upload runs at the host's copy rate rather than a pageable memcpy's.
+  int64_t out_row = 0;
+  for (const cpu::QMatrix* m : parts) {
+    for (int64_t r0 = 0; r0 < m->rows; r0 += chunk_rows) {
+      const int64_t n = std::min(chunk_rows, m->rows - r0);
+      const int buf = int(upload_chunks++ % kUploadBuffers);
+      ATOM_CUDA_CHECK(cudaEventSynchronize(upload_done[buf]));  // its last copy has finished
+      uint16_t* staging = reinterpret_cast<uint16_t*>(static_cast<char*>(upload_pinned) +
+                                                      size_t(buf) * kUploadChunkBytes);
+#pragma omp parallel
+      {
+        std::vector<float> scratch;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < n; ++r)
+          row_to_bf16(*m, r0 + r, staging + size_t(r * cols), scratch);
+      }
+      ATOM_CUDA_CHECK(cudaMemcpyAsync(dst + size_t(out_row * cols), staging, size_t(n) * row_bytes,
+                                      cudaMemcpyHostToDevice, stream));
+      ATOM_CUDA_CHECK(cudaEventRecord(upload_done[buf], stream));
+      out_row += n;
+    }
+  }
+  return dst;
+}
+
+void CudaModelRunner::Impl::free_upload_staging() {
+  if (stream) (void)cudaStreamSynchronize(stream);  // copies may still read the buffers
+  for (cudaEvent_t& e : upload_done) {
+    if (e) (void)cudaEventDestroy(e);
+    e = nullptr;
+  }
+  if (upload_pinned) (void)cudaFreeHost(upload_pinned);
+  upload_pinned = nullptr;
 }
 
 void CudaModelRunner::Impl::point_layers_at_pool(int64_t blocks) {
