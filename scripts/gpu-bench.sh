@@ -7,7 +7,8 @@
 #   3. offline throughput, Qwen3-0.6B shape, 256 seqs, lengths uniform in 100..1024, seed 0
 #   4. serving, 8B shape: atom serve + atom bench serve, random 1024/1024, ratio 1.0, ignore-eos,
 #      concurrency 1, 16, 64, 256 with 4x as many prompts (at least 32)
-#   5. start-up to ready of that server
+#   5. start-up to ready of that server, and of one reading an 8B safetensors checkpoint that
+#      scripts/hf_baseline.py saved (in the page cache)
 #   timeline: one profiled decode run at batch 1 and 64, summarised kernel by kernel
 #   6. transformers on the same random-weight shape (scripts/hf_baseline.py), and the previous
 #      run's figures (docs/bench-results.json, committed with each recorded run)
@@ -120,27 +121,39 @@ if want throughput; then
     --input-len-range "$(len 100),$(len 1024)" --output-len-range "$(len 100),$(len 1024)" \
     --seed 0 --max-model-len 2048
 fi
-if want serve; then
+# start_server MODEL_DIR LOG [flags...]: starts `atom serve` in the background ($server, $port)
+# and waits for /health; $ready is the seconds from launch to ready, empty if it never was.
+start_server() {
+  local model=$1 log=$2
+  shift 2
   port=$((20000 + RANDOM % 20000))
+  local t0
   t0=$(date +%s.%N)
-  "$atom" serve --model "$llama8b" "${dummy[@]}" --host 127.0.0.1 --server-port "$port" \
-    --max-model-len 4096 >"$out/serve-server.log" 2>&1 &
+  "$atom" serve --model "$model" "${device[@]}" --host 127.0.0.1 --server-port "$port" "$@" \
+    >"$log" 2>&1 &
   server=$!
   ready=""
-  for _ in $(seq 1 600); do
+  for _ in $(seq 1 1200); do
     if curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1; then
-      ready=$(python3 -c "import time; print(time.time() - $t0)" 2>/dev/null ||
-              echo "$(date +%s.%N) - $t0" | bc)
-      break
+      ready=$(python3 -c "import time; print(time.time() - $t0)")
+      return 0
     fi
     kill -0 "$server" 2>/dev/null || break
     sleep 0.1
   done
-  if [ -z "$ready" ]; then
-    echo "   serve: the server never became ready (see $out/serve-server.log)" >&2
-    tail -n 5 "$out/serve-server.log" >&2
-    rc=1
-  else
+  echo "   serve: the server never became ready (see $log)" >&2
+  tail -n 5 "$log" >&2
+  rc=1
+  return 1
+}
+stop_server() {
+  kill -INT "$server" 2>/dev/null
+  wait "$server" 2>/dev/null
+}
+
+if want serve; then
+  echo "== serve: atom serve --model $llama8b --load-format dummy, then atom bench serve" >&2
+  if start_server "$llama8b" "$out/serve-server.log" --load-format dummy --max-model-len 4096; then
     printf '{"startup_seconds": %s}\n' "$ready" >"$out/startup.json"
     for c in ${ATOM_BENCH_CONCURRENCY:-1 16 64 256}; do
       prompts=$(( 4 * c < 32 ? 32 : 4 * c ))
@@ -152,15 +165,31 @@ if want serve; then
         --save-result --result-dir "$out" --result-filename "serve-c$c.json" || true
     done
   fi
-  kill -INT "$server" 2>/dev/null
-  wait "$server" 2>/dev/null
+  stop_server
 fi
-if want hf && [ "$dry" != 1 ]; then
+if want hf && [ "$dry" = 1 ]; then
+  # No transformers here: time the start-up from the test's tiny safetensors checkpoint.
+  if start_server tests/data/hf_models/llama-tiny "$out/startup-safetensors.log"; then
+    printf '{"startup_seconds": %s}\n' "$ready" >"$out/startup-safetensors.json"
+    stop_server
+  fi
+elif want hf; then
+  # Also saves the random model as safetensors: atom's start-up from a real checkpoint (in the
+  # page cache, just written) is timed from it.
+  saved="$out/llama-3.1-8b-safetensors"
+  rm -rf "$saved"
   step hf-baseline python3 scripts/hf_baseline.py --config "$llama8b/config.json" \
-    --output-json "$out/hf-baseline.json"
+    --output-json "$out/hf-baseline.json" --save-dir "$saved" &&
+    cp "${tok_files[@]}" "$saved/" &&
+    if start_server "$saved" "$out/startup-safetensors.log" --max-model-len 4096; then
+      printf '{"startup_seconds": %s}\n' "$ready" >"$out/startup-safetensors.json"
+      stop_server
+    fi
+  rm -rf "$saved"
 fi
 
 python3 scripts/bench_table.py --results "$out" --previous docs/bench-results.json \
   --config-8b "$llama8b/config.json" --config-0.6b "$qwen06/config.json" \
-  --summary "$out/summary.json" $([ "$dry" = 1 ] && echo --dry) || rc=1
+  --summary "$out/summary.json" $([ "$dry" = 1 ] && echo --dry) \
+  --commit "${ATOM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" || rc=1
 exit $rc

@@ -9,6 +9,8 @@ Measures, with CUDA synchronisation around each timed call and the median of rep
   - prefill: one 4096-token prompt (time of a 1-token generate);
   - a batched generate: 64 prompts of 128 tokens, 256 new tokens each, output tokens/s.
 Run on a GPU host (torch, transformers); the weights are random, so only speed is compared.
+--save-dir DIR also writes the random model there as a safetensors checkpoint (save_pretrained),
+which gpu-bench.sh then times atom's start-up from (the files are in the page cache by then).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def main() -> None:
     ap.add_argument("--config", required=True, help="a HF config.json")
     ap.add_argument("--output-json", required=True)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--save-dir", help="save the random model here (safetensors) at the end")
     args = ap.parse_args()
 
     import torch
@@ -79,6 +82,10 @@ def main() -> None:
     }
     Path(args.output_json).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    if args.save_dir:
+        t0 = time.perf_counter()
+        model.save_pretrained(args.save_dir, safe_serialization=True)
+        print(f"saved to {args.save_dir} in {time.perf_counter() - t0:.1f} s")
 
 
 if __name__ == "__main__":
