@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "atom/backends/cuda/check.h"
+#include "atom/backends/cuda/device_math.cuh"
 #include "atom/backends/cuda/norm.h"
 #include "atom/core/error.h"
 
@@ -30,19 +31,11 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
 
-// HF: weight * (x * rsqrt(var + eps)).to(dtype); for f32 the cast is a no-op, for bf16 the
-// normalized value is rounded before the weight multiplies it and the product is rounded again.
-__device__ __forceinline__ float apply_norm(float x, float r, float w) { return w * (x * r); }
-__device__ __forceinline__ __nv_bfloat16 apply_norm(__nv_bfloat16 x, float r, __nv_bfloat16 w) {
-  const float y = __bfloat162float(__float2bfloat16_rn(__bfloat162float(x) * r));
-  return __float2bfloat16_rn(__bfloat162float(w) * y);
-}
-
-// kVec elements moved by one load or store (16 bytes for kVec * sizeof(T) == 16).
-template <typename T, int kVec>
-struct alignas(sizeof(T) * kVec) Packet {
-  T v[kVec];
-};
+// The normalized value's rounding (apply_norm, inv_rms) and the packet live in device_math.cuh,
+// shared with the fused q/k-norm + RoPE kernel of ops.cu, which must round exactly as this does.
+using device::apply_norm;
+using device::inv_rms;
+using device::Packet;
 
 // Sum of v over the block, returned to every thread. blockDim.x is a multiple of 32.
 __device__ __forceinline__ float block_sum(float v) {
@@ -55,11 +48,6 @@ __device__ __forceinline__ float block_sum(float v) {
   v = lane < int(blockDim.x / 32) ? warp_sums[lane] : 0.0f;
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
-}
-
-// 1 / sqrt in IEEE precision (rsqrtf is 2 ulp), matching the CPU op.
-__device__ __forceinline__ float inv_rms(float sum_sq, int64_t dim, float eps) {
-  return 1.0f / sqrtf(sum_sq / float(dim) + eps);
 }
 
 // --- kernels: grid = rows, block = a multiple of 32 threads striding over the row's packets ---

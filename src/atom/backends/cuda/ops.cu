@@ -1,6 +1,7 @@
 // Element-wise decoder kernels: embedding, QKV split, SiLU-and-multiply, RoPE + KV-cache write,
-// argmax. Row copies move 16-byte packets when the rows and pointers allow them; the rest is
-// scalar bf16 with f32 math, rounded where HF's bf16 ops round.
+// the fused split + q/k norm + RoPE + KV-cache write, argmax. Row copies move 16-byte packets when
+// the rows and pointers allow them; the rest is scalar bf16 with f32 math, rounded where HF's bf16
+// ops round.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -12,6 +13,7 @@
 #include <string>
 
 #include "atom/backends/cuda/check.h"
+#include "atom/backends/cuda/device_math.cuh"
 #include "atom/backends/cuda/ops.h"
 #include "atom/core/error.h"
 
@@ -20,21 +22,19 @@ namespace atom::cuda {
 namespace {
 
 using bf16 = __nv_bfloat16;
-
-// kVec elements moved by one load or store (16 bytes for kVec * sizeof(T) == 16).
-template <typename T, int kVec>
-struct alignas(sizeof(T) * kVec) Packet {
-  T v[kVec];
-};
+// Shared with norm.cu (device_math.cuh): the fused q/k-norm + RoPE kernel below must round as
+// rms_norm_kernel and rope_cache_kernel do.
+using device::apply_norm;
+using device::inv_rms;
+using device::Packet;
+using device::rotate;
+using device::round_bf16;
+using device::to_bf16;
+using device::to_f32;
 
 constexpr int kBf16Vec = 16 / sizeof(bf16);
 // Thread blocks stride over a row's packets; grid.y splits long rows (at most 65535 blocks).
 constexpr int kMaxGridY = 65535;
-
-__device__ __forceinline__ float to_f32(bf16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ bf16 to_bf16(float v) { return __float2bfloat16_rn(v); }
-// v rounded to bf16 and back: the value a bf16 tensor op would hand to the next op.
-__device__ __forceinline__ float round_bf16(float v) { return to_f32(to_bf16(v)); }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
@@ -156,13 +156,19 @@ struct RopeCacheKernelArgs {
   int half;  // rotary_dim / 2 (0: no rotation)
 };
 
-// HF: x * cos + rotate_half(x) * sin with rotate_half(x) = cat(-x2, x1), every product and sum a
-// bf16 op. (a, b) = (x[i], x[i + half]); c, s are bf16 values. A product of two bf16 values is
-// exact in f32, so rounding it to bf16 is exactly torch's bf16 multiply.
-__device__ __forceinline__ void rotate(float a, float b, float c, float s, bf16& out_a,
-                                       bf16& out_b) {
-  out_a = to_bf16(round_bf16(a * c) - round_bf16(b * s));
-  out_b = to_bf16(round_bf16(b * c) + round_bf16(a * s));
+// One token's cos and sin as HF's rotary embedding returns them in bf16, computed by the block's
+// threads together: cos_sin[i] = cos, cos_sin[half + i] = sin of position * inv_freq[i] (f32),
+// times attention_factor, rounded to bf16. The caller syncs before reading.
+//   inv_freq: [half]; cos_sin: [2 * half] (shared)
+__device__ __forceinline__ void fill_cos_sin(int32_t position, const float* __restrict__ inv_freq,
+                                             float attention_factor, int half, float* cos_sin) {
+  const float pos = float(position);
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    float s, c;
+    sincosf(pos * inv_freq[i], &s, &c);
+    cos_sin[i] = round_bf16(c * attention_factor);
+    cos_sin[half + i] = round_bf16(s * attention_factor);
+  }
 }
 
 // grid = n tokens; dynamic shared memory: 2 * half floats (this token's cos, then sin).
@@ -174,13 +180,7 @@ __global__ void rope_cache_kernel(RopeCacheKernelArgs p) {
   const int half = p.half;
   const int hd = p.head_dim;
   if (half > 0) {
-    const float pos = float(p.positions[t]);
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-      float s, c;
-      sincosf(pos * p.inv_freq[i], &s, &c);
-      cos_sin[i] = round_bf16(c * p.attention_factor);
-      cos_sin[half + i] = round_bf16(s * p.attention_factor);
-    }
+    fill_cos_sin(p.positions[t], p.inv_freq, p.attention_factor, half, cos_sin);
     __syncthreads();
   }
   const float* cs = cos_sin;
@@ -267,6 +267,160 @@ void launch_rope_cache(const RopeCacheKernelArgs& args, int64_t n, cudaStream_t 
              2 * args.half);
   rope_cache_kernel<<<unsigned(n), threads, smem, stream>>>(args);
   ATOM_CUDA_CHECK(cudaGetLastError());
+}
+
+// --- fused QKV split + q/k RMSNorm + RoPE + KV-cache write ---
+
+// Threads of one block of qkv_rope_cache_kernel at most (the launcher picks 32 to this many).
+constexpr int kQkvMaxThreads = 128;
+
+struct QkvRopeCacheKernelArgs {
+  const bf16* qkv;     // [n, (num_heads + 2 * num_kv_heads) * head_dim]
+  const bf16* q_norm;  // [head_dim], or null (then k_norm is null too): no q/k norm
+  const bf16* k_norm;  // [head_dim], or null
+  float eps;
+  const int32_t* positions;  // [n]
+  const float* inv_freq;     // [half]
+  float attention_factor;
+  const int32_t* slot_mapping;  // [n]
+  bf16* k_cache;                // [num_slots, num_kv_heads, head_dim]
+  bf16* v_cache;                // [num_slots, num_kv_heads, head_dim]
+  int64_t num_slots;
+  bf16* q_out;  // [n, num_heads, head_dim]
+  int num_heads;
+  int num_kv_heads;
+  int head_dim;         // a multiple of kBf16Vec, at most kLanes * kBf16Vec
+  int half;             // rotary_dim / 2, > 0
+  int heads_per_block;  // blockDim.x / kLanes
+};
+
+// Sum of v over each group of kLanes consecutive lanes (kLanes a power of two <= 32), returned to
+// every lane of the group; all 32 lanes of the warp call it. Each xor step adds the same two
+// values on both lanes (a + b == b + a), so the group's lanes end bitwise equal. For a row of at
+// most kLanes packets, one per lane from lane 0 and zeros beyond, this is bitwise norm.cu's
+// block_sum of rms_norm_kernel over the same per-lane partials: rms_norm_kernel runs one warp for
+// rows of at most 32 packets, and its xor steps wider than kLanes and its second stage add exact
+// zeros (+0.0f to a sum of squares leaves it unchanged).
+template <int kLanes>
+__device__ __forceinline__ float group_sum(float v) {
+  for (int o = kLanes / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// grid = (n tokens, groups of heads); block = heads_per_block groups of kLanes lanes, one group
+// per head of the token's qkv row: q heads [0, nh), k heads [nh, nh + nkv), v heads after them.
+// Lane g of a group holds the head's elements [8 g, 8 g + 8) in registers from one 16-byte load
+// to one 16-byte store (lanes past head_dim / 8 hold nothing). Per head, as the unfused sequence
+// split_qkv -> rms_norm (q, k) -> rope_cache_kernel computes it:
+//   q, k: RMSNorm with the sum of squares reduced in rms_norm_kernel's order (group_sum) and
+//         rounded by the same apply_norm; then the rotation by the same `rotate`, each lane
+//         reading its pairs' other halves from the group's normed row staged in shared memory;
+//   q -> q_out; k and v -> the caches at slot_mapping[t] (a slot of -1 or >= num_slots: none).
+// Dynamic shared memory: 2 * half floats (the token's cos, then sin), filled once per block.
+// Every lane reaches each barrier and shuffle: control flow is uniform until the stores.
+template <int kLanes>
+__global__ void __launch_bounds__(kQkvMaxThreads) qkv_rope_cache_kernel(QkvRopeCacheKernelArgs p) {
+  using P = Packet<bf16, kBf16Vec>;
+  extern __shared__ float cos_sin[];
+  __shared__ P stage[kQkvMaxThreads];  // each thread's packet after the norm
+
+  const int64_t t = blockIdx.x;
+  const int hd = p.head_dim, half = p.half;
+  const int g = int(threadIdx.x) % kLanes;
+  const int first_head = int(blockIdx.y) * p.heads_per_block;
+  const int head = first_head + int(threadIdx.x) / kLanes;
+  const int rotated_heads = p.num_heads + p.num_kv_heads;  // q and k
+  const int heads = rotated_heads + p.num_kv_heads;
+  const int e0 = g * kBf16Vec;  // this lane's first element in the head
+  const bool active = head < heads && e0 < hd;
+  const bool is_q = head < p.num_heads, is_v = head >= rotated_heads;
+
+  // The global loads first, so that their latency overlaps the cos/sin table.
+  P x;
+  if (active) {
+    const int64_t width = int64_t(heads) * hd;
+    x = *reinterpret_cast<const P*>(p.qkv + t * width + int64_t(head) * hd + e0);
+  }
+  const bool normed = p.q_norm != nullptr;  // kernel-uniform: q and k both or neither
+  P w;
+  if (normed && active && !is_v) w = *reinterpret_cast<const P*>((is_q ? p.q_norm : p.k_norm) + e0);
+  int64_t slot = -1;
+  if (!is_q) {
+    slot = p.slot_mapping[t];
+    if (slot >= p.num_slots) slot = -1;  // the host validates slots; never write past the cache
+  }
+  if (first_head < rotated_heads) {  // block-uniform: blocks of v heads only need no table
+    fill_cos_sin(p.positions[t], p.inv_freq, p.attention_factor, half, cos_sin);
+    __syncthreads();
+  }
+
+  if (normed) {
+    float sum_sq = 0.0f;  // this lane's packet, in rms_norm_kernel's order
+    if (active) {
+#pragma unroll
+      for (int j = 0; j < kBf16Vec; ++j) {
+        const float f = to_f32(x.v[j]);
+        sum_sq += f * f;
+      }
+    }
+    const float r = inv_rms(group_sum<kLanes>(sum_sq), hd, p.eps);
+    if (active && !is_v) {
+#pragma unroll
+      for (int j = 0; j < kBf16Vec; ++j) x.v[j] = apply_norm(x.v[j], r, w.v[j]);
+    }
+  }
+
+  if (active) stage[threadIdx.x] = x;
+  __syncwarp();
+  if (active && !is_v && e0 < 2 * half) {
+    const float* cs = cos_sin;
+    const float* sn = cos_sin + half;
+    P o = x;
+    if (half % kBf16Vec == 0) {
+      // Pairs align with packets: the other halves sit in one packet of the lane half / 8 away.
+      const int hp = half / kBf16Vec;
+      if (g < hp) {
+        const P b = stage[threadIdx.x + hp];
+#pragma unroll
+        for (int j = 0; j < kBf16Vec; ++j) {
+          bf16 unused;
+          rotate(to_f32(x.v[j]), to_f32(b.v[j]), cs[e0 + j], sn[e0 + j], o.v[j], unused);
+        }
+      } else {
+        const P a = stage[threadIdx.x - hp];
+        const int i0 = e0 - half;
+#pragma unroll
+        for (int j = 0; j < kBf16Vec; ++j) {
+          bf16 unused;
+          rotate(to_f32(a.v[j]), to_f32(x.v[j]), cs[i0 + j], sn[i0 + j], unused, o.v[j]);
+        }
+      }
+    } else {
+      // Element by element from the group's row: [head_dim] starting at its lane 0's packet.
+      const bf16* row = reinterpret_cast<const bf16*>(stage + (threadIdx.x - g));
+#pragma unroll
+      for (int j = 0; j < kBf16Vec; ++j) {
+        const int e = e0 + j;
+        bf16 unused;
+        if (e < half) {
+          rotate(to_f32(x.v[j]), to_f32(row[e + half]), cs[e], sn[e], o.v[j], unused);
+        } else if (e < 2 * half) {
+          const int i = e - half;
+          rotate(to_f32(row[i]), to_f32(x.v[j]), cs[i], sn[i], unused, o.v[j]);
+        }  // dims past rotary_dim stay as they are
+      }
+    }
+    x = o;
+  }
+
+  if (!active) return;
+  if (is_q) {
+    *reinterpret_cast<P*>(p.q_out + (t * p.num_heads + head) * hd + e0) = x;
+  } else if (slot >= 0) {
+    const int kv_head = head - (is_v ? rotated_heads : p.num_heads);
+    bf16* cache = is_v ? p.v_cache : p.k_cache;
+    *reinterpret_cast<P*>(cache + (slot * p.num_kv_heads + kv_head) * hd + e0) = x;
+  }
 }
 
 // --- argmax ---
@@ -467,6 +621,77 @@ void launch_rope_and_cache(bf16* q, bf16* k, const bf16* v, const RopeArgs& rope
   args.head_dim = int(head_dim);
   args.half = int(rope.rotary_dim / 2);
   launch_rope_cache(args, n, stream);
+}
+
+void launch_qkv_rope_and_cache(const bf16* qkv, const bf16* q_norm, const bf16* k_norm, float eps,
+                               const RopeArgs& rope, const KvCacheWrite& cache, bf16* q_out,
+                               int64_t n, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
+                               cudaStream_t stream) {
+  const char* op = "qkv_rope_and_cache";
+  check_rows(op, n);
+  ATOM_CHECK(num_heads > 0 && num_kv_heads > 0, kInvalidArgument, "{}: bad head counts q {} kv {}",
+             op, num_heads, num_kv_heads);
+  check_heads(op, num_heads + 2 * num_kv_heads, head_dim);  // one token's qkv row
+  check_rope(op, rope, head_dim);
+  check_cache(op, cache);
+  ATOM_CHECK(qkv != nullptr && q_out != nullptr, kInvalidArgument, "{}: qkv and q_out are required",
+             op);
+  ATOM_CHECK((q_norm == nullptr) == (k_norm == nullptr), kInvalidArgument,
+             "{}: q_norm and k_norm come together (q/k norm) or not at all", op);
+  // One 16-byte packet per lane and one group of at most a warp per head.
+  constexpr int64_t kMaxHeadDim = 32 * kBf16Vec;
+  ATOM_CHECK(head_dim % kBf16Vec == 0 && head_dim <= kMaxHeadDim, kUnsupported,
+             "{}: head_dim {} is not supported (multiples of {} up to {})", op, head_dim, kBf16Vec,
+             kMaxHeadDim);
+  ATOM_CHECK(
+      aligned16(qkv) && aligned16(q_out) && aligned16(cache.k_cache) && aligned16(cache.v_cache) &&
+          (q_norm == nullptr || aligned16(q_norm)) && (k_norm == nullptr || aligned16(k_norm)),
+      kUnsupported, "{}: qkv, q_out, the caches and the norm weights must be 16-byte aligned", op);
+  if (n == 0) return;
+
+  QkvRopeCacheKernelArgs args{};
+  args.qkv = qkv;
+  args.q_norm = q_norm;
+  args.k_norm = k_norm;
+  args.eps = eps;
+  args.positions = rope.positions;
+  args.inv_freq = rope.inv_freq;
+  args.attention_factor = rope.attention_factor;
+  args.slot_mapping = cache.slot_mapping;
+  args.k_cache = cache.k_cache;
+  args.v_cache = cache.v_cache;
+  args.num_slots = cache.num_slots;
+  args.q_out = q_out;
+  args.num_heads = int(num_heads);
+  args.num_kv_heads = int(num_kv_heads);
+  args.head_dim = int(head_dim);
+  args.half = int(rope.rotary_dim / 2);
+
+  // The smallest power-of-two group of lanes that holds a head in packets; up to four warps a
+  // block, fewer when the token has fewer heads, so that small batches still spread over SMs.
+  const int lanes = head_dim <= 8 * kBf16Vec ? 8 : head_dim <= 16 * kBf16Vec ? 16 : 32;
+  const int64_t heads = num_heads + 2 * num_kv_heads;
+  const int64_t heads_per_warp = 32 / lanes;
+  const int64_t warps =
+      std::clamp<int64_t>((heads + heads_per_warp - 1) / heads_per_warp, 1, kQkvMaxThreads / 32);
+  args.heads_per_block = int(warps * heads_per_warp);
+  const int64_t groups = (heads + args.heads_per_block - 1) / args.heads_per_block;
+  ATOM_CHECK(groups <= kMaxGridY, kOutOfRange, "{}: {} heads exceed one launch", op, heads);
+  const dim3 grid{unsigned(n), unsigned(groups)};
+  const int threads = int(warps * 32);
+  const size_t smem = size_t(2 * args.half) * sizeof(float);  // <= 1 KiB: head_dim <= 256
+  switch (lanes) {
+    case 8:
+      qkv_rope_cache_kernel<8><<<grid, threads, smem, stream>>>(args);
+      break;
+    case 16:
+      qkv_rope_cache_kernel<16><<<grid, threads, smem, stream>>>(args);
+      break;
+    default:
+      qkv_rope_cache_kernel<32><<<grid, threads, smem, stream>>>(args);
+      break;
+  }
+  ATOM_CUDA_CHECK(cudaGetLastError());
 }
 
 void launch_argmax(const float* logits, int32_t* out, int64_t n, int64_t vocab,

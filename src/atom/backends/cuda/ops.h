@@ -1,7 +1,8 @@
 // Element-wise CUDA ops of the decoder forward other than norm, attention and GEMM: embedding
 // lookup (which is also the gather of the rows that need logits), the split of a fused QKV
-// projection, SiLU-and-multiply, NeoX RoPE fused with the paged KV-cache write, and the greedy
-// sampler's argmax. bf16 activations, f32 math, bf16 rounding wherever HF transformers rounds.
+// projection, SiLU-and-multiply, NeoX RoPE fused with the paged KV-cache write (and with the
+// split and the q/k norm before it), and the greedy sampler's argmax. bf16 activations, f32 math,
+// bf16 rounding wherever HF transformers rounds.
 // Three levels as in norm.h: __global__ kernels (ops.cu), launchers on raw device pointers and a
 // stream, entry points on Tensors that check shapes, dtypes and devices. Launchers validate their
 // sizes on the host (atom::Error), never allocate or synchronize, and accept n == 0 (no launch).
@@ -77,6 +78,21 @@ void launch_rope_and_cache(__nv_bfloat16* q, __nv_bfloat16* k, const __nv_bfloat
                            const RopeArgs& rope, const KvCacheWrite& cache, int64_t n,
                            int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
                            cudaStream_t stream);
+
+// Fused attention prologue of one layer, one launch instead of split_qkv -> (q/k norm) ->
+// rope_and_cache, with the same bits as that sequence: per token, each q head and each k head of
+// the fused projection is RMS-normed with q_norm / k_norm (as launch_rms_norm rounds it; both
+// null: no norm, as Llama), then rotated as launch_rope_and_cache rotates it; q goes to q_out,
+// the rotated k and v to the cache at slot_mapping[t] (-1 or >= num_slots: not written).
+//   qkv: [n, (num_heads + 2 * num_kv_heads) * head_dim] (q heads, then k, then v);
+//   q_norm, k_norm: [head_dim] or both null; q_out: [n, num_heads, head_dim]
+// head_dim: a multiple of 8 up to 256 (kUnsupported otherwise); qkv, q_out, the caches and the
+// norm weights 16-byte aligned (kUnsupported otherwise).
+void launch_qkv_rope_and_cache(const __nv_bfloat16* qkv, const __nv_bfloat16* q_norm,
+                               const __nv_bfloat16* k_norm, float eps, const RopeArgs& rope,
+                               const KvCacheWrite& cache, __nv_bfloat16* q_out, int64_t n,
+                               int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
+                               cudaStream_t stream);
 
 // --- greedy sampling ---
 // out[t] = index of the largest logits[t, :], the lowest index among ties (atom::argmax and

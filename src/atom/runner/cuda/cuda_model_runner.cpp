@@ -101,7 +101,7 @@ size_t max_meta_entries(const Dims& d) {
 
 // Activation, logits and metadata buffers of the workspace.
 struct Activations {
-  bf16 *residual, *h, *qkv, *q, *k, *v, *attn, *attn_out, *gate_up, *act, *mlp_out, *selected;
+  bf16 *residual, *h, *qkv, *q, *attn, *attn_out, *gate_up, *act, *mlp_out, *selected;
   float* logits;       // [max_seqs, vocab]
   int32_t* ids;        // [kRing, max_seqs]: sampled ids of the last kRing steps
   int32_t* meta;       // [max_meta_entries]
@@ -116,8 +116,6 @@ Activations carve_activations(Arena& a, const Dims& d, int64_t max_model_len) {
   x.h = a.take<bf16>(size_t(T * d.H));
   x.qkv = a.take<bf16>(size_t(T * d.qkv_size));
   x.q = a.take<bf16>(size_t(T * d.q_size));
-  x.k = a.take<bf16>(size_t(T * d.kv_size));
-  x.v = a.take<bf16>(size_t(T * d.kv_size));
   x.attn = a.take<bf16>(size_t(T * d.q_size));
   x.attn_out = a.take<bf16>(size_t(T * d.H));
   x.gate_up = a.take<bf16>(size_t(T * 2 * d.I));
@@ -925,13 +923,11 @@ void CudaModelRunner::Impl::enqueue_forward(const Layout& L) {
       cuda::launch_add_rms_norm(act.mlp_out, act.residual, Ly.attn_norm, act.h, T, H, eps,
                                 stream);
     gemm->launch(act.h, Ly.qkv, Ly.qkv_bias, act.qkv, T, d.qkv_size, H, stream);  // [T, q|k|v]
-    cuda::launch_split_qkv(act.qkv, act.q, act.k, act.v, T, d.q_size, d.kv_size, stream);
-    if (variant.qk_norm) {  // per head: rows of D values
-      cuda::launch_rms_norm(act.q, Ly.q_norm, act.q, T * d.nh, d.D, eps, stream);
-      cuda::launch_rms_norm(act.k, Ly.k_norm, act.k, T * d.nkv, d.D, eps, stream);
-    }
+    // One launch: split, per-head q/k norm (Qwen3), RoPE, k and v into the cache; q [T, nh, D].
     const cuda::KvCacheWrite write{L.slots, Ly.k_cache, Ly.v_cache, kv_blocks * rc.block_size};
-    cuda::launch_rope_and_cache(act.q, act.k, act.v, rope, write, T, d.nh, d.nkv, d.D, stream);
+    cuda::launch_qkv_rope_and_cache(act.qkv, variant.qk_norm ? Ly.q_norm : nullptr,
+                                    variant.qk_norm ? Ly.k_norm : nullptr, eps, rope, write, act.q,
+                                    T, d.nh, d.nkv, d.D, stream);
     const cuda::PagedKvCache cache{Ly.k_cache, Ly.v_cache, kv_blocks, rc.block_size, d.nkv, d.D};
     cuda::paged_attention(act.q, d.nh, cache, attn, scale, act.attn, act.attn_ws, ws_bytes,
                           stream);  // [T, nh, D]
