@@ -1,7 +1,9 @@
 // CUDA paged attention (bf16) against the CPU op and a contiguous reference, over awkward sizes:
 // context lengths 1, 17, 54, 97, 1000+ and 4096; batches of 1 to 300 sequences; block sizes 1, 16
 // and 32; head dims 64 and 128; GQA ratios 1, 4, 7, 8 and 20; decode, prefill with and without a
-// cached prefix, and mixed batches; the decode kernel with one key split and with many.
+// cached prefix, and mixed batches; the decode kernel with one key split, with many, and with more
+// splits than a context has tiles, also with a max_seq_len far above the longest context (what a
+// CUDA graph captured for max_model_len passes), where each sequence splits its own context.
 //
 // Each case keeps every sequence's K and V contiguous on the host and scatters them into a paged
 // cache through shuffled physical blocks. Everything the kernels must not read is poisoned: the
@@ -34,11 +36,11 @@
 namespace atom::cuda {
 namespace {
 
-using test::gpu_visible;
-using test::DeviceBuffer;
 using test::as_bf16;
-using test::to_bf16;
+using test::DeviceBuffer;
+using test::gpu_visible;
 using test::round_bf16;
+using test::to_bf16;
 
 struct SeqSpec {
   int q_len;    // new query rows
@@ -54,6 +56,9 @@ struct AttnCase {
   std::vector<SeqSpec> seqs;
   float scale = 0.0f;  // 0: 1 / sqrt(head_dim)
   uint32_t seed = 1;
+  // The max_seq_len the kernels are told, when larger than the longest context (0: the longest);
+  // the block tables are widened to hold it, with junk past each context.
+  int max_seq_len = 0;
 };
 
 void PrintTo(const AttnCase& c, std::ostream* os) { *os << c.name; }
@@ -112,6 +117,9 @@ Problem make_problem(const AttnCase& c) {
     pb.max_blocks = std::max(pb.max_blocks, blocks);
   }
   pb.num_tokens = pb.cu_seqlens.back();
+  pb.max_seq_len = std::max<int64_t>(pb.max_seq_len, c.max_seq_len);
+  pb.max_blocks =
+      std::max<int64_t>(pb.max_blocks, (pb.max_seq_len + c.block_size - 1) / c.block_size);
   pb.max_blocks += 2;  // spare table entries per sequence, filled with junk
   pb.num_blocks = used_blocks + kSpareBlocks;
 
@@ -306,7 +314,28 @@ struct DeviceProblem {
   PagedAttentionBatch batch;
 };
 
-enum class Path { kDispatch, kDecodeOneSplit, kDecodeManySplits, kPrefill };
+enum class Path {
+  kDispatch,
+  kDecodeOneSplit,
+  kDecodeManySplits,
+  kDecodeSplitsPastContext,
+  kPrefill
+};
+
+// More grid splits than the longest context (as the kernels see it) has 64-key tiles, so every
+// sequence leaves some of its blocks without keys.
+int splits_past_context(const Problem& pb) { return int((pb.max_seq_len + 63) / 64) + 3; }
+
+// Runs the decode launcher with `splits` grid splits and a NaN-filled workspace into dp.out.
+void run_decode(const Problem& pb, DeviceProblem& dp, int splits) {
+  const size_t bytes =
+      paged_decode_workspace_bytes(pb.num_seqs(), pb.num_heads, pb.head_dim, splits);
+  DeviceBuffer<uint8_t> workspace(bytes);
+  workspace.fill_bytes(0xff);
+  launch_paged_attention_decode(as_bf16(dp.q), pb.num_heads, dp.cache, dp.batch, pb.scale, splits,
+                                as_bf16(dp.out), bytes ? workspace.get() : nullptr, bytes, nullptr);
+  ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+}
 
 const char* path_name(Path path) {
   switch (path) {
@@ -316,6 +345,8 @@ const char* path_name(Path path) {
       return "decode, 1 split";
     case Path::kDecodeManySplits:
       return "decode, many splits";
+    case Path::kDecodeSplitsPastContext:
+      return "decode, more splits than tiles";
     case Path::kPrefill:
       return "prefill kernel";
   }
@@ -332,8 +363,8 @@ std::vector<uint16_t> run_path(const Problem& pb, DeviceProblem& dp, Path path) 
           pb.num_seqs(), pb.num_heads, pb.num_kv_heads, pb.head_dim, pb.max_q_len, pb.max_seq_len);
       DeviceBuffer<uint8_t> workspace(bytes);
       workspace.fill_bytes(0xff);
-      paged_attention(as_bf16(dp.q), pb.num_heads, dp.cache, dp.batch, pb.scale,
-                      as_bf16(dp.out), bytes ? workspace.get() : nullptr, bytes, nullptr);
+      paged_attention(as_bf16(dp.q), pb.num_heads, dp.cache, dp.batch, pb.scale, as_bf16(dp.out),
+                      bytes ? workspace.get() : nullptr, bytes, nullptr);
       ATOM_CUDA_CHECK(cudaDeviceSynchronize());
       break;
     }
@@ -342,18 +373,13 @@ std::vector<uint16_t> run_path(const Problem& pb, DeviceProblem& dp, Path path) 
                                     as_bf16(dp.out), nullptr, 0, nullptr);
       ATOM_CUDA_CHECK(cudaDeviceSynchronize());
       break;
-    case Path::kDecodeManySplits: {
+    case Path::kDecodeManySplits:
       // An odd split count, so the chunks do not line up with the sequence lengths.
-      const int splits = 7;
-      const size_t bytes =
-          paged_decode_workspace_bytes(pb.num_seqs(), pb.num_heads, pb.head_dim, splits);
-      DeviceBuffer<uint8_t> workspace(bytes);
-      workspace.fill_bytes(0xff);
-      launch_paged_attention_decode(as_bf16(dp.q), pb.num_heads, dp.cache, dp.batch, pb.scale,
-                                    splits, as_bf16(dp.out), workspace.get(), bytes, nullptr);
-      ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+      run_decode(pb, dp, 7);
       break;
-    }
+    case Path::kDecodeSplitsPastContext:
+      run_decode(pb, dp, splits_past_context(pb));
+      break;
     case Path::kPrefill:
       launch_paged_attention_prefill(as_bf16(dp.q), pb.num_heads, dp.cache, dp.batch, pb.scale,
                                      as_bf16(dp.out), nullptr);
@@ -385,6 +411,7 @@ TEST_P(CudaPagedAttentionTest, MatchesCpuOpAndContiguousReference) {
   if (pb.max_q_len <= 1) {
     paths.push_back(Path::kDecodeOneSplit);
     paths.push_back(Path::kDecodeManySplits);
+    paths.push_back(Path::kDecodeSplitsPastContext);
   }
   std::vector<uint16_t> first;
   for (const Path path : paths) {
@@ -426,6 +453,27 @@ std::vector<AttnCase> make_cases() {
   cases.push_back({"decode_gqa7_hd128", 128, 1, 7, 32, {{1, 97}, {1, 4096}}});
   // scale 1: scores spread over tens of units, so one key dominates each row.
   cases.push_back({"decode_sharp_softmax", 128, 2, 8, 16, decode_batch(7, 4), 1.0f});
+  // Lengths around a tile (63, 64, 65) and far apart in one batch, told a max_seq_len of 16384
+  // as a graph captured for max_model_len is: each sequence splits its own context.
+  for (const int group : {1, 4, 8}) {
+    for (const int head_dim : {64, 128}) {
+      AttnCase c{
+          "decode_mixed_lengths_gqa" + std::to_string(group) + "_hd" + std::to_string(head_dim),
+          head_dim,
+          2,
+          group,
+          16,
+          {{1, 1}, {1, 63}, {1, 64}, {1, 65}, {1, 1000}, {1, 4097}}};
+      c.max_seq_len = 16384;
+      cases.push_back(c);
+    }
+  }
+  {
+    // One sequence of one token, told a long max_seq_len: splits with no keys everywhere.
+    AttnCase c{"decode_b1_len1_long_max", 128, 8, 4, 16, {{1, 1}}};
+    c.max_seq_len = 8192;
+    cases.push_back(c);
+  }
 
   // --- prefill: q_len rows per sequence, with and without a cached prefix ---
   cases.push_back({"prefill_q1_noprefix", 128, 1, 1, 16, {{1, 1}}});
@@ -572,12 +620,17 @@ TEST_F(CudaPagedAttention, DecodeAndPrefillCaptureInCudaGraph) {
   }
 }
 
-// Splits: one long sequence is split to fill the GPU, a batch that fills it is not, and the
-// start-up workspace covers every batch size.
+// Splits: one sequence is split to fill the GPU, a batch that fills it is not, the count depends
+// on the batch shape and not on max_seq_len (past one tile per split), and the start-up workspace
+// covers every batch size.
 TEST_F(CudaPagedAttention, SplitChoiceAndWorkspaceBounds) {
   EXPECT_GT(paged_decode_num_splits(1, 32, 8, 8192), 1);
-  EXPECT_EQ(paged_decode_num_splits(1, 32, 8, 100), 1);  // too short to split
+  EXPECT_EQ(paged_decode_num_splits(1, 32, 8, 8192), paged_decode_num_splits(1, 32, 8, 1 << 20));
+  EXPECT_EQ(paged_decode_num_splits(1, 32, 8, 64), 1);   // one tile: nothing to split
+  EXPECT_LE(paged_decode_num_splits(1, 32, 8, 100), 2);  // at least one tile a split
+  EXPECT_LE(paged_decode_num_splits(1, 8, 1, 1 << 20), 128);
   EXPECT_EQ(paged_decode_num_splits(256, 32, 8, 8192), 1);
+  EXPECT_GE(paged_decode_num_splits(2, 32, 8, 8192), paged_decode_num_splits(4, 32, 8, 8192));
   EXPECT_EQ(paged_attention_workspace_bytes(4, 32, 8, 128, 17, 8192), 0u);  // prefill
   EXPECT_EQ(paged_decode_workspace_bytes(4, 32, 128, 1), 0u);
   EXPECT_EQ(paged_decode_workspace_bytes(4, 32, 128, 3), size_t(4 * 32 * 3 * 130 * 4));
@@ -586,6 +639,86 @@ TEST_F(CudaPagedAttention, SplitChoiceAndWorkspaceBounds) {
     EXPECT_LE(paged_attention_workspace_bytes(n, 32, 8, 128, 1, 32768), most) << n;
     EXPECT_LE(paged_attention_workspace_bytes(n, 32, 8, 128, 1, 1000), most) << n;
   }
+}
+
+// Every grid split count gives the same attention up to rounding: 1 split (no merge), a few,
+// more than the short contexts have tiles, and more than the longest has, over mixed lengths
+// with a large max_seq_len. Each is checked against the CPU op and against the 1-split result.
+TEST_F(CudaPagedAttention, DecodeSplitCountsAgree) {
+  for (const int group : {1, 4, 8}) {
+    AttnCase c{"splits_gqa" + std::to_string(group),
+               128,
+               2,
+               group,
+               16,
+               {{1, 1}, {1, 63}, {1, 64}, {1, 65}, {1, 1000}, {1, 4097}, {1, 130}},
+               0.0f,
+               uint32_t(40 + group)};
+    c.max_seq_len = 32768;
+    const Problem pb = make_problem(c);
+    const std::vector<float> want = cpu_reference(pb);
+    DeviceProblem dp(pb);
+    run_decode(pb, dp, 1);
+    const std::vector<uint16_t> one = dp.out.download();
+    expect_close(one, want, pb, c.name + " 1 split vs CPU op");
+    std::vector<float> one_f(one.size());
+    for (size_t i = 0; i < one.size(); ++i) one_f[i] = bf16_to_f32(one[i]);
+    for (const int splits : {2, 3, 7, 16, 33, 65, 66, 200, 600}) {
+      run_decode(pb, dp, splits);
+      const std::vector<uint16_t> got = dp.out.download();
+      const std::string what = c.name + " " + std::to_string(splits) + " splits";
+      expect_close(got, want, pb, what + " vs CPU op");
+      expect_close(got, one_f, pb, what + " vs 1 split");
+      // Deterministic: the same launch again gives the same bits.
+      run_decode(pb, dp, splits);
+      EXPECT_EQ(dp.out.download(), got) << what << " is not deterministic";
+    }
+  }
+}
+
+// A decode graph captured once with a long max_seq_len replays right after the contexts change
+// on the device (seq_lens is read at replay): first the full contexts, then shorter ones.
+TEST_F(CudaPagedAttention, DecodeGraphReplaysWithNewContextLengths) {
+  AttnCase c{"graph_new_lengths", 128, 2, 4, 16, {{1, 1}, {1, 65}, {1, 1000}, {1, 4097}}, 0.0f, 77};
+  c.max_seq_len = 16384;
+  const Problem pb = make_problem(c);
+  Problem shorter = pb;
+  const int new_lens[] = {1, 64, 3, 2049};
+  for (size_t s = 0; s < shorter.seqs.size(); ++s) {
+    shorter.seqs[s].seq_len = new_lens[s];
+    shorter.seq_lens[s] = new_lens[s];
+  }
+  DeviceProblem dp(pb);
+  const size_t bytes = paged_attention_workspace_bytes(pb.num_seqs(), pb.num_heads, pb.num_kv_heads,
+                                                       pb.head_dim, 1, 16384);
+  DeviceBuffer<uint8_t> workspace(bytes);
+  workspace.fill_bytes(0xff);
+  dp.out.fill_bytes(0xff);
+
+  cudaStream_t stream = nullptr;
+  ATOM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  ATOM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  paged_attention(as_bf16(dp.q), pb.num_heads, dp.cache, dp.batch, pb.scale, as_bf16(dp.out),
+                  bytes ? workspace.get() : nullptr, bytes, stream);
+  ATOM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  ATOM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  ATOM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+  ATOM_CUDA_CHECK(cudaStreamSynchronize(stream));
+  expect_close(dp.out.download(), cpu_reference(pb), pb, "first replay");
+
+  dp.seq_lens.upload(shorter.seq_lens);
+  dp.out.fill_bytes(0xff);
+  ATOM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+  ATOM_CUDA_CHECK(cudaStreamSynchronize(stream));
+  const std::vector<uint16_t> got = dp.out.download();
+  expect_close(got, cpu_reference(shorter), shorter, "replay with shorter contexts vs CPU op");
+  expect_close(got, contiguous_reference(shorter), shorter,
+               "replay with shorter contexts vs contiguous reference");
+  ATOM_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  ATOM_CUDA_CHECK(cudaGraphDestroy(graph));
+  ATOM_CUDA_CHECK(cudaStreamDestroy(stream));
 }
 
 TEST_F(CudaPagedAttention, RejectsBadArguments) {

@@ -37,22 +37,61 @@ using attention_detail::mma_16816;
 using attention_detail::pack_bf16x2;
 using attention_detail::smem_row;
 
-constexpr int kRowTile = 64;        // (query row, group head) pairs per prefill block, 16 a warp
-constexpr int kDecodeRows = 16;     // group heads per decode block: the rows of one mma tile
-constexpr int kMinSplitKeys = 256;  // a decode split shorter than this costs more than it saves
+constexpr int kRowTile = 64;     // (query row, group head) pairs per prefill block, 16 a warp
+constexpr int kDecodeRows = 16;  // group heads per decode block: the rows of one mma tile
+// Most key splits paged_decode_num_splits picks (a launch may ask for more, up to 65535).
 constexpr int kMaxSplits = 128;
 constexpr float kLog2e = 1.4426950408889634f;
+
+// Shared memory per multiprocessor on sm_90 (228 KB) and what the hardware keeps per block (1 KB).
+constexpr size_t kSmemPerSm = 228 * 1024;
+constexpr size_t kSmemPerBlockReserved = 1024;
+
+// K/V stages of the decode pipeline. A decode block's work is pure streaming: per 64-key tile it
+// reads 64 x 2 x head_dim x 2 bytes (32 KB at head_dim 128) and does 64 small mma (16 a warp),
+// a few hundred cycles, against ~1 us of loaded DRAM latency. With kStages stages a block keeps
+// kStages - 1 tiles in flight while it waits and while it computes. Shared memory at head_dim
+// 128 (rows of 136 bf16 = 272 bytes): Q 16 rows = 4.25 KB, a stage 2 x 64 rows = 34 KB, so 3
+// stages = 106.25 KB, 2 blocks a multiprocessor (2 x 107.25 <= 228); 2 stages = 72.25 KB, 3
+// blocks (registers, ~155 a thread = 20 K of the 64 K a block, allow 3 either way). In flight a
+// multiprocessor: 3 stages x 2 blocks = 4 tiles (128 KB), 2 stages x 3 blocks = 3 tiles (96 KB).
+// Both exceed what Little's law asks at full bandwidth (3.35 TB/s x ~1 us / 132 = ~25 KB), but
+// a block's tiles are serialized behind its own waits, so the deeper queue per block is what
+// keeps a multiprocessor's stream going when its blocks wait at the same time. At head_dim 64
+// (rows of 144 bytes) 3 stages take 56.25 KB: 3 blocks a multiprocessor.
+// Measured on an H100 80GB HBM3 at the Llama-3.1-8B shape (8 kv heads x 4, head_dim 128, blocks
+// of 16), per layer with the merge, against 2 stages and 3 blocks a multiprocessor (splits from
+// the same rule for its slots): batch 64 x 2048 keys 197 vs 204 us (2.73 vs 2.63 TB/s), x 1024 104
+// vs 113 us, batch 128 x 1536 290 vs 306 us, batch 256 x 2048 761 vs 781 us, batch 1 x 200 8.3
+// vs 8.6 us.
+template <int kHeadDim>
+constexpr int decode_stages() {
+  return 3;
+}
+
+template <int kHeadDim>
+constexpr size_t decode_smem_bytes() {
+  return size_t(kDecodeRows + 2 * decode_stages<kHeadDim>() * kKeyTile) * smem_row<kHeadDim>() *
+         sizeof(__nv_bfloat16);
+}
+
+// Decode blocks one multiprocessor holds at once: the smaller of what shared memory allows for
+// either head dim (registers allow 3).
+constexpr int kDecodeBlocksPerSm =
+    int(std::min({kSmemPerSm / (decode_smem_bytes<128>() + kSmemPerBlockReserved),
+                  kSmemPerSm / (decode_smem_bytes<64>() + kSmemPerBlockReserved), size_t(3)}));
+static_assert(kDecodeBlocksPerSm >= 2);
 
 extern __shared__ __align__(16) unsigned char attention_smem[];
 
 struct Params {
-  const __nv_bfloat16* q;        // [num_tokens, num_heads, head_dim]
-  __nv_bfloat16* out;            // [num_tokens, num_heads, head_dim]
-  const __nv_bfloat16* k_cache;  // [num_blocks, block_size, num_kv_heads, head_dim]
-  const __nv_bfloat16* v_cache;  // [num_blocks, block_size, num_kv_heads, head_dim]
-  const int32_t* cu_seqlens_q;   // [num_seqs + 1]
-  const int32_t* seq_lens;       // [num_seqs]
-  const int32_t* block_tables;   // [num_seqs, stride]
+  const __nv_bfloat16* q;             // [num_tokens, num_heads, head_dim]
+  __nv_bfloat16* out;                 // [num_tokens, num_heads, head_dim]
+  const __nv_bfloat16* k_cache;       // [num_blocks, block_size, num_kv_heads, head_dim]
+  const __nv_bfloat16* v_cache;       // [num_blocks, block_size, num_kv_heads, head_dim]
+  const int32_t* cu_seqlens_q;        // [num_seqs + 1]
+  const int32_t* seq_lens;            // [num_seqs]
+  const int32_t* block_tables;        // [num_seqs, stride]
   const int32_t* block_table_stride;  // device: the row stride, or null for max_blocks_per_seq
   int64_t num_blocks;
   int64_t max_blocks_per_seq;
@@ -62,10 +101,9 @@ struct Params {
   int num_kv_heads;
   int group;         // query heads per kv head
   float scale_log2;  // scale * log2(e)
-  // Decode key splits: split i covers keys [i * split_keys, (i + 1) * split_keys), the last one
-  // up to the end of the context.
+  // Decode key splits of the grid: each sequence cuts its own context into up to num_splits
+  // chunks (decode_split_keys), the blocks past its last chunk return at once.
   int num_splits;
-  int split_keys;
   float* part_out;  // [num_seqs, num_heads, num_splits, head_dim] unnormalized outputs
   float* part_max;  // [num_seqs, num_heads, num_splits] running max (log2 units)
   float* part_sum;  // [num_seqs, num_heads, num_splits] sum of exp2(s - max)
@@ -327,20 +365,41 @@ __global__ void __launch_bounds__(kThreads) paged_prefill_kernel(const Params p)
 }
 
 // --- decode ---
+
+// Keys per split of a sequence with seq_len context tokens in a grid of num_splits splits: the
+// context divided evenly, rounded up to whole tiles (at least one). Each sequence divides its OWN
+// context, so under a CUDA graph captured for the longest context a short one still spreads
+// over the grid: a 200-key context in 33 splits runs as 4 one-tile blocks, not 1 block of 4
+// tiles. Needs seq_len <= INT_MAX / 2 (checked against max_seq_len on the host).
+__device__ __forceinline__ int decode_split_keys(int seq_len, int num_splits) {
+  const int per_split = (max(seq_len, 1) + num_splits - 1) / num_splits;
+  return (per_split + kKeyTile - 1) / kKeyTile * kKeyTile;
+}
+
+// Splits of that sequence holding keys: ceil(seq_len / split_keys) <= num_splits, as split_keys
+// >= seq_len / num_splits. 0 for an empty context.
+__device__ __forceinline__ int decode_active_splits(int seq_len, int split_keys) {
+  return seq_len <= 0 ? 0 : (seq_len + split_keys - 1) / split_keys;
+}
+
 // grid = (num_seqs, num_kv_heads * head passes, num_splits), kThreads threads. A block takes the
 // one query row of a sequence, up to kDecodeRows heads of a GQA group (a group larger than that
 // takes several passes) as the rows of an mma tile, and the keys of one split. Each K/V tile of
 // kKeyTile keys is shared by the 4 warps, 16 keys each, every warp with its own softmax state;
-// the block merges the four at the end. Shared memory: Q [kDecodeRows][row], K and V
-// [2 stages][kKeyTile][row]; after the loop the K/V stages hold the warps' states.
-template <int kHeadDim>
+// the block merges the four at the end. A sequence whose context fits one split writes its
+// output directly; otherwise each split leaves its partial state in the workspace for
+// merge_splits_kernel. Shared memory: Q [kDecodeRows][row], K and V [kStages][kKeyTile][row];
+// after the loop the K/V stages hold the warps' states.
+template <int kHeadDim, int kStages>
 __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const Params p) {
+  static_assert(kStages >= 2);
   constexpr int kRow = smem_row<kHeadDim>();
   constexpr int kChunks = kHeadDim / 8;
   constexpr int kDTiles = kHeadDim / 8;
+  constexpr int kStageElems = kKeyTile * kRow;  // one K (or V) stage
   __nv_bfloat16* sq = reinterpret_cast<__nv_bfloat16*>(attention_smem);
   __nv_bfloat16* sk = sq + kDecodeRows * kRow;
-  __nv_bfloat16* sv = sk + 2 * kKeyTile * kRow;
+  __nv_bfloat16* sv = sk + kStages * kStageElems;
 
   const int seq = blockIdx.x;
   const int passes = (p.group + kDecodeRows - 1) / kDecodeRows;
@@ -353,11 +412,12 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const Params p) 
   if (q_len <= 0) return;
   const int token = q_begin + q_len - 1;  // the decode row; it sees the whole context
   const int seq_len = p.seq_lens[seq];
-  const int key_begin = split * p.split_keys;
-  const int key_end = split == p.num_splits - 1 ? seq_len : min(seq_len, key_begin + p.split_keys);
-  if (key_begin >= key_end) {
-    // A split past the context writes nothing (the merge counts only splits with keys); an
-    // unsplit row with an empty context, which valid input never has, gets zeros.
+  const int split_keys = decode_split_keys(seq_len, p.num_splits);
+  const int active = decode_active_splits(seq_len, split_keys);
+  if (split >= active) {
+    // A split past the context writes nothing (the merge reads only active splits); an unsplit
+    // row with an empty context, which valid input never has, gets zeros (split rows get them
+    // from the merge).
     if (p.num_splits == 1) {
       for (int i = threadIdx.x; i < num_rows * kHeadDim; i += kThreads) {
         p.out[(int64_t(token) * p.num_heads + first_head) * kHeadDim + i] =
@@ -366,6 +426,9 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const Params p) 
     }
     return;
   }
+  const bool direct = active == 1;           // the whole context is this block's: no merge
+  const int key_begin = split * split_keys;  // < seq_len, as split < active
+  const int key_end = min(seq_len, key_begin + split_keys);
 
   for (int i = threadIdx.x; i < kDecodeRows * kChunks; i += kThreads) {
     const int r = i / kChunks;
@@ -376,15 +439,22 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const Params p) 
     cp_async16(sq + r * kRow + c * 8, src, valid);
   }
   cp_async_commit();
+  // Prologue: tiles 0 .. kStages - 2, one copy group each (empty past the last tile).
   const int num_tiles = (key_end - key_begin + kKeyTile - 1) / kKeyTile;
   const KvSource kv = kv_source(p, seq, kv_head, kHeadDim);
-  load_kv_tile<kHeadDim>(kv, key_begin, key_end, sk, sv);
-  cp_async_commit();
+#pragma unroll
+  for (int t = 0; t < kStages - 1; ++t) {
+    if (t < num_tiles) {
+      load_kv_tile<kHeadDim>(kv, key_begin + t * kKeyTile, key_end, sk + t * kStageElems,
+                             sv + t * kStageElems);
+    }
+    cp_async_commit();
+  }
 
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   const int quad = lane % 4;
-  cp_async_wait<1>();  // the Q rows; K/V tile 0 may still be in flight
+  cp_async_wait<kStages - 1>();  // the Q rows; the prologue's tiles may still be in flight
   __syncthreads();
   uint32_t qf[kHeadDim / 16][4];
   load_q_fragments<kHeadDim>(sq, qf);
@@ -394,20 +464,25 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const Params p) 
   float row_max[2] = {-INFINITY, -INFINITY};
   float row_sum[2] = {0.0f, 0.0f};
 
+  int stage = 0;             // t % kStages: where tile t sits
+  int refill = kStages - 1;  // (t + kStages - 1) % kStages: the stage of tile t - 1
   for (int t = 0; t < num_tiles; ++t) {
-    const int stage = t & 1;
-    const int tile_start = key_begin + t * kKeyTile;
-    if (t + 1 < num_tiles) {
-      load_kv_tile<kHeadDim>(kv, tile_start + kKeyTile, key_end, sk + (stage ^ 1) * kKeyTile * kRow,
-                             sv + (stage ^ 1) * kKeyTile * kRow);
+    // Groups committed so far: Q, then kStages - 1 + t tiles; with at most kStages - 2 pending,
+    // tiles 0 .. t have landed.
+    cp_async_wait<kStages - 2>();
+    // Tile t is visible to every warp, and every warp is done with tile t - 1, whose stage the
+    // next load refills.
+    __syncthreads();
+    const int next = t + kStages - 1;
+    if (next < num_tiles) {
+      load_kv_tile<kHeadDim>(kv, key_begin + next * kKeyTile, key_end, sk + refill * kStageElems,
+                             sv + refill * kStageElems);
     }
     cp_async_commit();
-    cp_async_wait<1>();  // tile t has landed
-    __syncthreads();
 
     float s[2][4] = {};
-    accumulate_qk<kHeadDim>(qf, sk + (stage * kKeyTile + warp * 16) * kRow, 0, s);
-    const int key0 = tile_start + warp * 16;
+    accumulate_qk<kHeadDim>(qf, sk + stage * kStageElems + warp * 16 * kRow, 0, s);
+    const int key0 = key_begin + t * kKeyTile + warp * 16;
 #pragma unroll
     for (int n = 0; n < 2; ++n) {
 #pragma unroll
@@ -417,10 +492,12 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const Params p) 
       }
     }
     online_softmax(s, o, row_max, row_sum);
-    accumulate_pv<kHeadDim>(s, 0, sv + (stage * kKeyTile + warp * 16) * kRow, o);
-    __syncthreads();  // every warp is done with this stage before it is refilled
+    accumulate_pv<kHeadDim>(s, 0, sv + stage * kStageElems + warp * 16 * kRow, o);
+    stage = stage == kStages - 1 ? 0 : stage + 1;
+    refill = refill == kStages - 1 ? 0 : refill + 1;
   }
   cp_async_wait<0>();  // only empty groups remain, but the stages are about to be reused
+  __syncthreads();     // every warp is done reading the last tile's stage
 
   // The warps' states: o [kWarps][kDecodeRows][kHeadDim], m and l [kWarps][kDecodeRows], f32.
   float* so = reinterpret_cast<float*>(sk);
@@ -459,7 +536,7 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const Params p) 
       }
     }
     const int head = first_head + r;
-    if (p.num_splits == 1) {
+    if (direct) {
       p.out[(int64_t(token) * p.num_heads + head) * kHeadDim + d] =
           __float2bfloat16_rn(sum > 0.0f ? acc / sum : 0.0f);
     } else {
@@ -474,7 +551,9 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const Params p) 
 }
 
 // Merges the key splits of each (sequence, head): grid = (num_seqs, num_heads), any block size.
-// Only splits that start inside the context were written; the rest of the workspace is stale.
+// Only the sequence's active splits were written; the rest of the workspace is stale. A
+// sequence with one active split was written by the decode kernel and is left alone; one with
+// an empty context gets zeros.
 template <int kHeadDim>
 __global__ void merge_splits_kernel(const Params p) {
   const int seq = blockIdx.x;
@@ -484,8 +563,8 @@ __global__ void merge_splits_kernel(const Params p) {
   if (q_len <= 0) return;
   const int token = q_begin + q_len - 1;
   const int seq_len = p.seq_lens[seq];
-  const int active =
-      seq_len <= 0 ? 0 : min(p.num_splits, (seq_len + p.split_keys - 1) / p.split_keys);
+  const int active = decode_active_splits(seq_len, decode_split_keys(seq_len, p.num_splits));
+  if (active == 1) return;
   const int64_t first = (int64_t(seq) * p.num_heads + head) * p.num_splits;
   float m = -INFINITY;
   for (int i = 0; i < active; ++i) m = fmaxf(m, p.part_max[first + i]);
@@ -513,18 +592,6 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 int head_passes(int64_t group) { return int(ceil_div(group, kDecodeRows)); }
-
-// Keys per split and the number of non-empty splits for `requested` splits.
-struct SplitPlan {
-  int num_splits;
-  int split_keys;
-};
-
-SplitPlan plan_splits(int64_t max_seq_len, int requested) {
-  const int64_t len = std::max<int64_t>(max_seq_len, 1);
-  const int64_t keys = ceil_div(ceil_div(len, std::max(requested, 1)), kKeyTile) * kKeyTile;
-  return {int(ceil_div(len, keys)), int(keys)};
-}
 
 void check_heads(int64_t num_heads, int64_t num_kv_heads) {
   ATOM_CHECK(num_kv_heads > 0 && num_heads > 0 && num_heads % num_kv_heads == 0, kInvalidArgument,
@@ -584,7 +651,6 @@ Params make_params(const __nv_bfloat16* q, int64_t num_heads, const PagedKvCache
   p.group = int(num_heads / cache.num_kv_heads);
   p.scale_log2 = scale * kLog2e;
   p.num_splits = 1;
-  p.split_keys = INT_MAX;
   return p;
 }
 
@@ -600,13 +666,13 @@ void launch(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, const Pa
 
 template <int kHeadDim>
 void launch_decode(const Params& p, int64_t num_seqs, cudaStream_t stream) {
-  constexpr size_t kSmem =
-      size_t(kDecodeRows + 4 * kKeyTile) * smem_row<kHeadDim>() * sizeof(__nv_bfloat16);
+  constexpr size_t kSmem = decode_smem_bytes<kHeadDim>();
+  // The warps' f32 states fit in the K/V stages after the loop.
   static_assert(kSmem >= size_t(kDecodeRows) * smem_row<kHeadDim>() * 2 +
                              size_t(kWarps) * kDecodeRows * (kHeadDim + 2) * sizeof(float));
   const dim3 grid(unsigned(num_seqs), unsigned(p.num_kv_heads * head_passes(p.group)),
                   unsigned(p.num_splits));
-  launch(paged_decode_kernel<kHeadDim>, grid, kSmem, stream, p);
+  launch(paged_decode_kernel<kHeadDim, decode_stages<kHeadDim>()>, grid, kSmem, stream, p);
   if (p.num_splits > 1) {
     merge_splits_kernel<kHeadDim>
         <<<dim3(unsigned(num_seqs), unsigned(p.num_heads)), kHeadDim, 0, stream>>>(p);
@@ -638,12 +704,33 @@ int paged_decode_num_splits(int64_t num_seqs, int64_t num_heads, int64_t num_kv_
                             int64_t max_seq_len) {
   check_heads(num_heads, num_kv_heads);
   const int64_t blocks = num_seqs * num_kv_heads * head_passes(num_heads / num_kv_heads);
-  // Two blocks per multiprocessor keep enough loads in flight to stream the cache.
-  const int64_t target = 2 * int64_t(device_multiprocessors());
-  if (blocks <= 0 || blocks >= target) return 1;
-  const int64_t by_fill = ceil_div(target, blocks);
-  const int64_t by_length = std::max<int64_t>(1, max_seq_len / kMinSplitKeys);
-  return int(std::min({by_fill, by_length, int64_t(kMaxSplits)}));
+  if (blocks <= 0) return 1;
+  // Each sequence spreads its own context over the splits (decode_split_keys), so the count
+  // depends on the batch shape only. A split holds at least one tile: no context up to
+  // max_seq_len keeps more than ceil(max_seq_len / kKeyTile) busy.
+  const int64_t most =
+      std::min<int64_t>(kMaxSplits, ceil_div(std::max<int64_t>(max_seq_len, 1), kKeyTile));
+  // The GPU runs the grid in waves of `slots` resident blocks (kDecodeBlocksPerSm a
+  // multiprocessor), and a block's time scales with its keys, context / splits: a grid of
+  // blocks * s blocks takes ceil(blocks * s / slots) waves of 1 / s of a context each, so the
+  // share of the waves' slots it fills, blocks * s / (slots * waves), is the share of the time
+  // the streaming runs at full width. Take the fewest splits that fill 90% (more splits only add
+  // partial states and merge work), starting from the most that fit one wave. E.g. on 132
+  // multiprocessors (264 slots) with 8 kv heads: batch 1 -> 33 splits (264 blocks, 100%);
+  // batch 8 -> 4 (256, 97%; 5 would spill 56 blocks into a second wave, 61%); batch 48 -> 2
+  // (768 blocks in 3 waves, 97%; 1 split is 384 blocks in 2 waves, 73%); batch 64 -> 1 (512
+  // blocks in 2 waves, 97%).
+  const int64_t slots = int64_t(kDecodeBlocksPerSm) * device_multiprocessors();
+  const auto filled = [&](int64_t s) {
+    return double(blocks * s) / double(slots * ceil_div(blocks * s, slots));
+  };
+  const int64_t first = std::clamp<int64_t>(slots / blocks, 1, most);
+  int64_t best = first;
+  for (int64_t s = first; s <= most; ++s) {
+    if (filled(s) >= 0.9) return int(s);
+    if (filled(s) > filled(best)) best = s;
+  }
+  return int(best);
 }
 
 size_t paged_decode_workspace_bytes(int64_t num_seqs, int64_t num_heads, int64_t head_dim,
@@ -656,9 +743,8 @@ size_t paged_decode_workspace_bytes(int64_t num_seqs, int64_t num_heads, int64_t
 size_t paged_attention_workspace_bytes(int64_t num_seqs, int64_t num_heads, int64_t num_kv_heads,
                                        int64_t head_dim, int64_t max_q_len, int64_t max_seq_len) {
   if (max_q_len > 1 || num_seqs <= 0) return 0;
-  const int requested = paged_decode_num_splits(num_seqs, num_heads, num_kv_heads, max_seq_len);
-  const SplitPlan plan = plan_splits(max_seq_len, requested);
-  return paged_decode_workspace_bytes(num_seqs, num_heads, head_dim, plan.num_splits);
+  const int splits = paged_decode_num_splits(num_seqs, num_heads, num_kv_heads, max_seq_len);
+  return paged_decode_workspace_bytes(num_seqs, num_heads, head_dim, splits);
 }
 
 size_t paged_attention_max_workspace_bytes(int64_t max_num_seqs, int64_t num_heads,
@@ -694,18 +780,17 @@ void launch_paged_attention_decode(const __nv_bfloat16* q, int64_t num_heads,
   ATOM_CHECK(cache.num_kv_heads * head_passes(num_heads / cache.num_kv_heads) <= 65535, kOutOfRange,
              "paged_attention decode: {} kv heads exceed one launch", cache.num_kv_heads);
   Params p = make_params(q, num_heads, cache, batch, scale, out);
-  const SplitPlan plan = plan_splits(batch.max_seq_len, num_splits);
-  p.num_splits = plan.num_splits;
-  p.split_keys = plan.split_keys;
-  if (plan.num_splits > 1) {
+  // The grid has num_splits splits as asked; each sequence uses as many as its context fills.
+  p.num_splits = num_splits;
+  if (num_splits > 1) {
     const size_t need =
-        paged_decode_workspace_bytes(batch.num_seqs, num_heads, cache.head_dim, plan.num_splits);
+        paged_decode_workspace_bytes(batch.num_seqs, num_heads, cache.head_dim, num_splits);
     ATOM_CHECK(workspace != nullptr && workspace_bytes >= need && aligned16(workspace),
                kInvalidArgument,
                "paged_attention decode: {} splits need a 16-byte aligned workspace of {} bytes, "
                "got {}",
-               plan.num_splits, need, workspace == nullptr ? 0 : workspace_bytes);
-    const int64_t parts = batch.num_seqs * num_heads * plan.num_splits;
+               num_splits, need, workspace == nullptr ? 0 : workspace_bytes);
+    const int64_t parts = batch.num_seqs * num_heads * num_splits;
     p.part_out = static_cast<float*>(workspace);
     p.part_max = p.part_out + parts * cache.head_dim;
     p.part_sum = p.part_max + parts;

@@ -5,8 +5,9 @@
 // Two kernels, both on bf16 tensor cores (mma.sync m16n8k16, f32 accumulators):
 // - decode (every sequence has one query row): one thread block per (sequence, kv head, split),
 //   the query heads of the GQA group as the rows of one tile so each K/V byte is read once per
-//   group; long contexts are split along the keys (flash-decoding) into partial softmax states
-//   in a caller-provided workspace, merged by a second small kernel.
+//   group; the grid's key splits (flash-decoding) divide each sequence's own context, read on
+//   the device, into partial softmax states in a caller-provided workspace, merged by a second
+//   small kernel.
 // - prefill (any number of query rows per sequence, decodes included): flash-attention tiles of
 //   64 (query row, group head) pairs against 64 keys, online softmax, causal mask.
 // `paged_attention` dispatches: all-decode batches to the decode kernel, everything else to the
@@ -56,13 +57,17 @@ struct PagedAttentionBatch {
   // Picks the kernel: <= 1 promises at most one query row per sequence (the decode kernel
   // computes only a sequence's last row); anything larger runs the prefill kernel.
   int64_t max_q_len = 0;
-  // >= every seq_lens[s]: bounds the block table's reach and sets the decode split size.
+  // >= every seq_lens[s]: bounds the block table's reach and the decode split count (a CUDA
+  // graph passes max_model_len; the split sizes come from each sequence's own seq_lens[s]).
   int64_t max_seq_len = 0;
 };
 
 // --- workspace ---
-// Key splits the decode launcher uses for this batch shape: enough thread blocks to fill the
-// GPU (the current device's multiprocessor count) without splitting below a few hundred keys.
+// Key splits of the decode grid for this batch shape: the fewest that keep the resident decode
+// blocks of the current device's multiprocessors >= 90% busy over the grid's waves (e.g. 33 for
+// one sequence of 8 kv heads on 132 multiprocessors, 1 for 64 of them), at most
+// ceil(max_seq_len / 64) (a split holds at least one 64-key tile) and at most 128. Independent of
+// the contexts.
 int paged_decode_num_splits(int64_t num_seqs, int64_t num_heads, int64_t num_kv_heads,
                             int64_t max_seq_len);
 // Bytes of workspace the decode kernel needs for `num_splits` splits (0 for one split, which
@@ -80,10 +85,12 @@ size_t paged_attention_max_workspace_bytes(int64_t max_num_seqs, int64_t num_hea
 
 // --- launchers ---
 // q, out: [num_tokens, num_heads, head_dim]; 16-byte aligned. scale multiplies q . k.
-// Decode: every sequence has at most one query row (batch.max_q_len <= 1). The keys are cut into
-// num_splits chunks of ceil(max_seq_len / num_splits) rounded up to 64 (fewer splits when that
-// leaves some empty); with more than one, partial states go to `workspace`
-// (paged_decode_workspace_bytes, 16-byte aligned) and a second kernel merges them.
+// Decode: every sequence has at most one query row (batch.max_q_len <= 1). The grid has
+// num_splits key splits (any count from 1 to 65535); sequence s cuts its own context into chunks
+// of ceil(seq_lens[s] / num_splits) keys rounded up to 64, which fill the first
+// ceil(seq_lens[s] / chunk) splits, and its other blocks return at once. With num_splits > 1,
+// partial states go to `workspace` (paged_decode_workspace_bytes(num_splits), 16-byte aligned)
+// and a second kernel merges them; a sequence whose context fits one chunk is written directly.
 void launch_paged_attention_decode(const __nv_bfloat16* q, int64_t num_heads,
                                    const PagedKvCache& cache, const PagedAttentionBatch& batch,
                                    float scale, int num_splits, __nv_bfloat16* out, void* workspace,
