@@ -16,6 +16,14 @@
 // alignments, so a k that is not a multiple of 8, or a pointer off 16-byte alignment, gets an
 // algorithm that supports it. Should cuBLASLt offer none, the first call with that shape throws
 // atom::Error(kUnsupported) naming the shape.
+//
+// Small m (decode): a GEMM of m <= gemv_max_rows() rows is a memory-bound stream over W, which
+// cuBLASLt reads below the card's bandwidth (and follows with a split-K reduce kernel). Those
+// calls go to a GEMV kernel of our own instead: one pass over W with 16-byte loads, many bytes in
+// flight per SM, f32 accumulation, the bias added in f32 and one rounding, so y means the same
+// as on the cuBLASLt path. It needs k % 8 == 0 and x and W 16-byte aligned (each W row then
+// starts on a 16-byte boundary); other calls take cuBLASLt whatever m is. The GEMV makes no plan
+// (num_plans() counts cuBLASLt's only).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -33,6 +41,14 @@ class Gemm {
  public:
   // cuBLAS's recommended workspace on Hopper.
   static constexpr size_t kDefaultWorkspaceBytes = size_t(32) << 20;
+  // The most x rows the GEMV kernel serves: each thread holds a 16-byte slice of every x row
+  // per W load, and m * 4 rows of f32 sums, so 8 rows is the register budget's limit.
+  static constexpr int kGemvRowsLimit = 8;
+  // Calls with m <= this take the GEMV (when k and the pointers allow). Measured on an H100 at
+  // the 8B decode shapes (`atom bench ceilings`, table small_m_gemm): m = 1 6 to 18% faster than
+  // cuBLASLt, m = 4 level to 9% faster, m = 2 level on most shapes (down_proj 8% slower), m = 8
+  // 3 to 14% slower (its 8 f32 FMAs per weight byte pair bind), so m > 4 stays on cuBLASLt.
+  static constexpr int kDefaultGemvMaxRows = 4;
 
   explicit Gemm(size_t workspace_bytes = kDefaultWorkspaceBytes);
   ~Gemm();
@@ -52,6 +68,11 @@ class Gemm {
   // y: [m, n] bf16 or f32. All contiguous on the GPU.
   void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
               cudaStream_t stream);
+
+  // Calls with 1 <= m <= rows (and k % 8 == 0, x and W 16-byte aligned) take the GEMV kernel;
+  // 0 sends every call to cuBLASLt. For tests and benchmarks; rows in [0, kGemvRowsLimit].
+  void set_gemv_max_rows(int rows);
+  int gemv_max_rows() const;
 
   // Algorithms chosen so far (one per shape, output type, bias and alignment class).
   size_t num_plans() const;
