@@ -17,6 +17,7 @@
 #include "atom/backends/cuda/attention.h"
 #include "atom/backends/cuda/attention_mma.cuh"
 #include "atom/backends/cuda/check.h"
+#include "atom/backends/cuda/pdl.cuh"
 #include "atom/core/error.h"
 
 namespace atom::cuda {
@@ -231,6 +232,8 @@ __device__ __forceinline__ int64_t prefill_first_block(const Params& p, int seq)
 // [2 stages][kKeyTile][row] (row = smem_row<kHeadDim>() bf16 elements).
 template <int kHeadDim>
 __global__ void __launch_bounds__(kThreads) paged_prefill_kernel(const Params p) {
+  pdl_wait();  // PDL contract (pdl.cuh): before any global access
+  pdl_launch_dependents();
   constexpr int kRow = smem_row<kHeadDim>();
   constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
   constexpr int kDTiles = kHeadDim / 8;  // 8-column tiles of the output
@@ -392,6 +395,8 @@ __device__ __forceinline__ int decode_active_splits(int seq_len, int split_keys)
 // after the loop the K/V stages hold the warps' states.
 template <int kHeadDim, int kStages>
 __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const Params p) {
+  pdl_wait();  // PDL contract (pdl.cuh): before any global access
+  pdl_launch_dependents();
   static_assert(kStages >= 2);
   constexpr int kRow = smem_row<kHeadDim>();
   constexpr int kChunks = kHeadDim / 8;
@@ -556,6 +561,8 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const Params p) 
 // an empty context gets zeros.
 template <int kHeadDim>
 __global__ void merge_splits_kernel(const Params p) {
+  pdl_wait();  // PDL contract (pdl.cuh): before any global access
+  pdl_launch_dependents();
   const int seq = blockIdx.x;
   const int head = blockIdx.y;
   const int q_begin = p.cu_seqlens_q[seq];
@@ -660,7 +667,7 @@ void launch(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, const Pa
     ATOM_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   }
-  kernel<<<grid, kThreads, smem, stream>>>(p);
+  launch_pdl(kernel, grid, kThreads, smem, stream, p);
   ATOM_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -674,8 +681,8 @@ void launch_decode(const Params& p, int64_t num_seqs, cudaStream_t stream) {
                   unsigned(p.num_splits));
   launch(paged_decode_kernel<kHeadDim, decode_stages<kHeadDim>()>, grid, kSmem, stream, p);
   if (p.num_splits > 1) {
-    merge_splits_kernel<kHeadDim>
-        <<<dim3(unsigned(num_seqs), unsigned(p.num_heads)), kHeadDim, 0, stream>>>(p);
+    launch_pdl(merge_splits_kernel<kHeadDim>, dim3(unsigned(num_seqs), unsigned(p.num_heads)),
+               kHeadDim, 0, stream, p);
     ATOM_CUDA_CHECK(cudaGetLastError());
   }
 }

@@ -18,6 +18,7 @@
 
 #include "atom/backends/cuda/check.h"
 #include "atom/backends/cuda/gemm.h"
+#include "atom/backends/cuda/pdl.cuh"
 #include "atom/core/error.h"
 
 #define ATOM_CUBLAS_CHECK(expr)                                                                   \
@@ -185,6 +186,8 @@ template <int kM, typename OutT>
 __global__ void __launch_bounds__(kGemvThreads)
     gemv_kernel(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
                 const OutT* __restrict__ bias, OutT* __restrict__ y, int n, int k, int split) {
+  pdl_wait();  // PDL contract (pdl.cuh): before any global access
+  pdl_launch_dependents();
   constexpr int kR = kGemvRowsPerWarp;
   constexpr int kUnroll = gemv_unroll(kM);
   __shared__ float partial[kGemvWarps][kM * kR];  // each warp's sums, [warp][x row][W row]
@@ -283,7 +286,8 @@ void launch_gemv_m(const __nv_bfloat16* x, const __nv_bfloat16* w, const OutT* b
   const int64_t row_groups = (int64_t(n) + kGemvRowsPerWarp - 1) / kGemvRowsPerWarp;
   const int groups_per_block = kGemvWarps / split;
   const int64_t blocks = (row_groups + groups_per_block - 1) / groups_per_block;
-  gemv_kernel<kM, OutT><<<unsigned(blocks), kGemvThreads, 0, stream>>>(x, w, bias, y, n, k, split);
+  launch_pdl(gemv_kernel<kM, OutT>, unsigned(blocks), kGemvThreads, 0, stream, x, w, bias, y, n, k,
+             split);
   ATOM_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -10,6 +10,7 @@
 #include "atom/backends/cuda/check.h"
 #include "atom/backends/cuda/device_math.cuh"
 #include "atom/backends/cuda/norm.h"
+#include "atom/backends/cuda/pdl.cuh"
 #include "atom/core/error.h"
 
 namespace atom::cuda {
@@ -57,6 +58,8 @@ __device__ __forceinline__ float block_sum(float v) {
 template <typename T, int kVec>
 __global__ void rms_norm_kernel(const T* x, const T* __restrict__ weight, T* out, int64_t dim,
                                 float eps) {
+  pdl_wait();  // PDL contract (pdl.cuh): before any global access
+  pdl_launch_dependents();
   using P = Packet<T, kVec>;
   const int64_t row = blockIdx.x;
   const P* xr = reinterpret_cast<const P*>(x + row * dim);
@@ -88,6 +91,8 @@ __global__ void rms_norm_kernel(const T* x, const T* __restrict__ weight, T* out
 template <typename T, int kVec>
 __global__ void add_rms_norm_kernel(const T* x, T* residual, const T* __restrict__ weight, T* out,
                                     int64_t dim, float eps) {
+  pdl_wait();  // PDL contract (pdl.cuh): before any global access
+  pdl_launch_dependents();
   using P = Packet<T, kVec>;
   const int64_t row = blockIdx.x;
   const P* xr = reinterpret_cast<const P*>(x + row * dim);
@@ -142,10 +147,11 @@ void rms_norm_impl(const T* x, const T* weight, T* out, int64_t n, int64_t dim, 
   if (n == 0) return;
   constexpr int kVec = 16 / sizeof(T);
   if (dim % kVec == 0 && aligned16(x) && aligned16(weight) && aligned16(out)) {
-    rms_norm_kernel<T, kVec>
-        <<<unsigned(n), threads_for(dim / kVec), 0, stream>>>(x, weight, out, dim, eps);
+    launch_pdl(rms_norm_kernel<T, kVec>, unsigned(n), threads_for(dim / kVec), 0, stream, x, weight,
+               out, dim, eps);
   } else {
-    rms_norm_kernel<T, 1><<<unsigned(n), threads_for(dim), 0, stream>>>(x, weight, out, dim, eps);
+    launch_pdl(rms_norm_kernel<T, 1>, unsigned(n), threads_for(dim), 0, stream, x, weight, out, dim,
+               eps);
   }
   ATOM_CUDA_CHECK(cudaGetLastError());
 }
@@ -158,11 +164,11 @@ void add_rms_norm_impl(const T* x, T* residual, const T* weight, T* out, int64_t
   constexpr int kVec = 16 / sizeof(T);
   if (dim % kVec == 0 && aligned16(x) && aligned16(residual) && aligned16(weight) &&
       aligned16(out)) {
-    add_rms_norm_kernel<T, kVec>
-        <<<unsigned(n), threads_for(dim / kVec), 0, stream>>>(x, residual, weight, out, dim, eps);
+    launch_pdl(add_rms_norm_kernel<T, kVec>, unsigned(n), threads_for(dim / kVec), 0, stream, x,
+               residual, weight, out, dim, eps);
   } else {
-    add_rms_norm_kernel<T, 1>
-        <<<unsigned(n), threads_for(dim), 0, stream>>>(x, residual, weight, out, dim, eps);
+    launch_pdl(add_rms_norm_kernel<T, 1>, unsigned(n), threads_for(dim), 0, stream, x, residual,
+               weight, out, dim, eps);
   }
   ATOM_CUDA_CHECK(cudaGetLastError());
 }

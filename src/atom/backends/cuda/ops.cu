@@ -15,6 +15,7 @@
 #include "atom/backends/cuda/check.h"
 #include "atom/backends/cuda/device_math.cuh"
 #include "atom/backends/cuda/ops.h"
+#include "atom/backends/cuda/pdl.cuh"
 #include "atom/core/error.h"
 
 namespace atom::cuda {
@@ -61,6 +62,8 @@ void check_rows(const char* op, int64_t n) {
 template <int kVec>
 __global__ void embedding_kernel(const bf16* __restrict__ table, int64_t vocab, int64_t hidden,
                                  const int32_t* __restrict__ ids, bf16* __restrict__ out) {
+  pdl_wait();  // PDL contract (pdl.cuh): before any global access
+  pdl_launch_dependents();
   using P = Packet<bf16, kVec>;
   const int64_t t = blockIdx.x;
   const int64_t packets = hidden / kVec;
@@ -120,6 +123,8 @@ __device__ __forceinline__ bf16 silu_mul(bf16 gate, bf16 up) {
 // grid = (n, y). x: [n, 2 * d]; out: [n, d]; kVec divides d.
 template <int kVec>
 __global__ void silu_and_mul_kernel(const bf16* __restrict__ x, bf16* __restrict__ out, int64_t d) {
+  pdl_wait();  // PDL contract (pdl.cuh): before any global access
+  pdl_launch_dependents();
   using P = Packet<bf16, kVec>;
   const int64_t t = blockIdx.x;
   const P* gate = reinterpret_cast<const P*>(x + t * 2 * d);
@@ -320,6 +325,8 @@ __device__ __forceinline__ float group_sum(float v) {
 // Every lane reaches each barrier and shuffle: control flow is uniform until the stores.
 template <int kLanes>
 __global__ void __launch_bounds__(kQkvMaxThreads) qkv_rope_cache_kernel(QkvRopeCacheKernelArgs p) {
+  pdl_wait();  // PDL contract (pdl.cuh): before any global access
+  pdl_launch_dependents();
   using P = Packet<bf16, kBf16Vec>;
   extern __shared__ float cos_sin[];
   __shared__ P stage[kQkvMaxThreads];  // each thread's packet after the norm
@@ -438,6 +445,8 @@ __device__ __forceinline__ void take_better(float v, int i, float& best_v, int& 
 template <int kVec>
 __global__ void argmax_kernel(const float* __restrict__ logits, int64_t vocab,
                               int32_t* __restrict__ out) {
+  pdl_wait();  // PDL contract (pdl.cuh): before any global access
+  pdl_launch_dependents();
   using P = Packet<float, kVec>;
   const int64_t t = blockIdx.x;
   const float* row = logits + t * vocab;
@@ -512,13 +521,12 @@ void launch_embedding(const bf16* table, int64_t vocab, int64_t hidden, const in
   if (hidden % kBf16Vec == 0 && aligned16(table) && aligned16(out)) {
     const int64_t packets = hidden / kBf16Vec;
     const int threads = threads_for(packets, 256);
-    embedding_kernel<kBf16Vec>
-        <<<dim3(unsigned(n), blocks_y(packets, threads)), threads, 0, stream>>>(table, vocab,
-                                                                                hidden, ids, out);
+    launch_pdl(embedding_kernel<kBf16Vec>, dim3(unsigned(n), blocks_y(packets, threads)), threads,
+               0, stream, table, vocab, hidden, ids, out);
   } else {
     const int threads = threads_for(hidden, 256);
-    embedding_kernel<1><<<dim3(unsigned(n), blocks_y(hidden, threads)), threads, 0, stream>>>(
-        table, vocab, hidden, ids, out);
+    launch_pdl(embedding_kernel<1>, dim3(unsigned(n), blocks_y(hidden, threads)), threads, 0,
+               stream, table, vocab, hidden, ids, out);
   }
   ATOM_CUDA_CHECK(cudaGetLastError());
 }
@@ -552,12 +560,12 @@ void launch_silu_and_mul(const bf16* x, bf16* out, int64_t n, int64_t d, cudaStr
   if (d % kBf16Vec == 0 && aligned16(x) && aligned16(out)) {
     const int64_t packets = d / kBf16Vec;
     const int threads = threads_for(packets, 256);
-    silu_and_mul_kernel<kBf16Vec>
-        <<<dim3(unsigned(n), blocks_y(packets, threads)), threads, 0, stream>>>(x, out, d);
+    launch_pdl(silu_and_mul_kernel<kBf16Vec>, dim3(unsigned(n), blocks_y(packets, threads)),
+               threads, 0, stream, x, out, d);
   } else {
     const int threads = threads_for(d, 256);
-    silu_and_mul_kernel<1>
-        <<<dim3(unsigned(n), blocks_y(d, threads)), threads, 0, stream>>>(x, out, d);
+    launch_pdl(silu_and_mul_kernel<1>, dim3(unsigned(n), blocks_y(d, threads)), threads, 0, stream,
+               x, out, d);
   }
   ATOM_CUDA_CHECK(cudaGetLastError());
 }
@@ -682,13 +690,13 @@ void launch_qkv_rope_and_cache(const bf16* qkv, const bf16* q_norm, const bf16* 
   const size_t smem = size_t(2 * args.half) * sizeof(float);  // <= 1 KiB: head_dim <= 256
   switch (lanes) {
     case 8:
-      qkv_rope_cache_kernel<8><<<grid, threads, smem, stream>>>(args);
+      launch_pdl(qkv_rope_cache_kernel<8>, grid, threads, smem, stream, args);
       break;
     case 16:
-      qkv_rope_cache_kernel<16><<<grid, threads, smem, stream>>>(args);
+      launch_pdl(qkv_rope_cache_kernel<16>, grid, threads, smem, stream, args);
       break;
     default:
-      qkv_rope_cache_kernel<32><<<grid, threads, smem, stream>>>(args);
+      launch_pdl(qkv_rope_cache_kernel<32>, grid, threads, smem, stream, args);
       break;
   }
   ATOM_CUDA_CHECK(cudaGetLastError());
@@ -702,10 +710,11 @@ void launch_argmax(const float* logits, int32_t* out, int64_t n, int64_t vocab,
   if (n == 0) return;
   constexpr int kVec = 4;
   if (vocab % kVec == 0 && aligned16(logits)) {
-    argmax_kernel<kVec>
-        <<<unsigned(n), threads_for(vocab / kVec, 1024), 0, stream>>>(logits, vocab, out);
+    launch_pdl(argmax_kernel<kVec>, unsigned(n), threads_for(vocab / kVec, 1024), 0, stream, logits,
+               vocab, out);
   } else {
-    argmax_kernel<1><<<unsigned(n), threads_for(vocab, 1024), 0, stream>>>(logits, vocab, out);
+    launch_pdl(argmax_kernel<1>, unsigned(n), threads_for(vocab, 1024), 0, stream, logits, vocab,
+               out);
   }
   ATOM_CUDA_CHECK(cudaGetLastError());
 }

@@ -22,6 +22,7 @@
 #include <cstdint>
 
 #include "atom/backends/cuda/check.h"
+#include "atom/backends/cuda/pdl.cuh"
 #include "atom/backends/cuda/sampling.h"
 #include "atom/core/error.h"
 #include "atom/runner/sampling_math.h"
@@ -153,6 +154,8 @@ __device__ uint32_t radix_select(KeyOf key_of, int n, uint32_t k, unsigned* hist
 __global__ void __launch_bounds__(kThreads)
     sample_kernel(const float* __restrict__ logits, int vocab,
                   const SampleRowParams* __restrict__ params, int32_t* __restrict__ out) {
+  pdl_wait();  // PDL contract (pdl.cuh): before any global access
+  pdl_launch_dependents();
   __shared__ float s_best_v[kWarps];
   __shared__ int s_best_i[kWarps];
   __shared__ float s_thread_max[kThreads];
@@ -377,6 +380,8 @@ __global__ void apply_penalties_kernel(float* logits, int vocab,
                                        const PenaltyEntry* __restrict__ entries,
                                        const int32_t* __restrict__ inflight_ids,
                                        const int32_t* __restrict__ stop_ids) {
+  pdl_wait();  // PDL contract (pdl.cuh): before any global access
+  pdl_launch_dependents();
   __shared__ int s_inflight_listed;
   const PenaltyRowParams pr = rows[blockIdx.x];
   float* row = logits + int64_t(pr.logits_row) * vocab;
@@ -422,7 +427,7 @@ void launch_sample(const float* logits, int64_t rows, int64_t vocab, const Sampl
                    int32_t* out, cudaStream_t stream) {
   check_rows(rows, vocab, "launch_sample");
   if (rows == 0) return;
-  sample_kernel<<<unsigned(rows), kThreads, 0, stream>>>(logits, int(vocab), params, out);
+  launch_pdl(sample_kernel, unsigned(rows), kThreads, 0, stream, logits, int(vocab), params, out);
   ATOM_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -432,8 +437,8 @@ void launch_apply_penalties(float* logits, int64_t vocab, const PenaltyRowParams
                             cudaStream_t stream) {
   check_rows(num_rows, vocab, "launch_apply_penalties");
   if (num_rows == 0) return;
-  apply_penalties_kernel<<<unsigned(num_rows), 256, 0, stream>>>(logits, int(vocab), rows, entries,
-                                                                 inflight_ids, stop_ids);
+  launch_pdl(apply_penalties_kernel, unsigned(num_rows), 256, 0, stream, logits, int(vocab), rows,
+             entries, inflight_ids, stop_ids);
   ATOM_CUDA_CHECK(cudaGetLastError());
 }
 
