@@ -137,3 +137,27 @@ def test_stream_choice_keys_are_exactly_the_contract(server: Server, path, body,
     extra = [(i, sorted(set(ev["choices"][0]) - keys)) for i, ev in enumerate(events)
              if set(ev["choices"][0]) != keys]
     assert not extra, f"chunks with other choice keys (chunk index, extra keys): {extra}"
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/completions", {"prompt": PROMPT}),
+    ("/v1/chat/completions", {"messages": QUESTION}),
+])
+def test_stream_sends_a_chunk_for_every_sampled_token(server: Server, path, body) -> None:
+    # As vLLM: a step that samples a token sends a chunk even when the token adds no text yet, so
+    # a client's TTFT and inter-token latencies count every token. Here the stop string is the
+    # whole greedy reply plus text that never comes, so every token's text is held back as a
+    # possible start of it until the length limit releases it all in the last chunk.
+    chat = path.endswith("chat/completions")
+    req = dict(body, temperature=0, max_tokens=12, ignore_eos=True)
+    full = server.post_json(path, req)
+    reply = full["choices"][0]["message"]["content"] if chat else full["choices"][0]["text"]
+    assert full["usage"]["completion_tokens"] == 12 and reply
+    events = stream_raw(server, path, dict(req, stream=True, stop=[reply + "\u0001never"]))
+    chunks = [ev["choices"][0] for ev in events if ev["choices"]]
+    if chat:  # the role chunk first
+        assert chunks.pop(0)["delta"] == {"role": "assistant", "content": ""}
+    texts = [c["delta"].get("content", "") if chat else c["text"] for c in chunks]
+    assert len(chunks) == 12, chunks
+    assert texts[:-1] == [""] * 11 and texts[-1] == reply, texts
+    assert [c["finish_reason"] for c in chunks] == [None] * 11 + ["length"]

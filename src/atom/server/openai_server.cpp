@@ -164,7 +164,10 @@ struct OpenAiServer::Job {
       ch.completion_tokens = int64_t(o.output_ids.size());
       ch.cached_tokens = o.num_cached_tokens;
     }
-    if (stream && (!o.delta_text.empty() || o.finished)) {
+    // A chunk for every step that sampled tokens, even when they add no text yet (a partial
+    // UTF-8 character, text held back for a stop string, an id past the tokenizer's vocabulary):
+    // vLLM does the same, and its benchmark times TTFT and ITL from these chunks.
+    if (stream && (!o.delta_text.empty() || !o.new_token_ids.empty() || o.finished)) {
       send_event(chunk(chunk_choice(i, o.delta_text,
                                     o.finished ? json(o.finish_reason) : json(nullptr),
                                     ch.stop_reason)));
