@@ -153,7 +153,11 @@ stop_server() {
 
 if want serve; then
   echo "== serve: atom serve --model $llama8b --load-format dummy, then atom bench serve" >&2
-  if start_server "$llama8b" "$out/serve-server.log" --load-format dummy --max-model-len 4096; then
+  # Prefill chunks of 2048 tokens (chunked prefill is on): requests that arrive together get
+  # their first tokens one or two at a time instead of all after one long step, which spreads
+  # the later arrivals out (their TTFT is then one chunk, not a whole wave's prefill).
+  if start_server "$llama8b" "$out/serve-server.log" --load-format dummy --max-model-len 4096 \
+      --max-num-batched-tokens 2048; then
     printf '{"startup_seconds": %s}\n' "$ready" >"$out/startup.json"
     for c in ${ATOM_BENCH_CONCURRENCY:-1 16 64 256}; do
       prompts=$(( 4 * c < 32 ? 32 : 4 * c ))
