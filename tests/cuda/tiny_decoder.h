@@ -26,7 +26,7 @@ inline std::vector<uint16_t> bf16_normal(size_t n, double std, uint64_t seed) {
 inline cpu::QMatrix matrix(WeightStorage& storage, int64_t rows, int64_t cols, double std,
                     uint64_t seed) {
   const std::vector<uint16_t> v = bf16_normal(size_t(rows * cols), std, seed);
-  std::vector<uint8_t>& bytes = storage.emplace_back(v.size() * 2);
+  WeightBytes& bytes = storage.emplace_back(v.size() * 2);
   std::memcpy(bytes.data(), v.data(), bytes.size());
   return cpu::make_qmatrix(GgmlType::kBF16, bytes.data(), rows, cols);
 }
@@ -40,18 +40,26 @@ inline std::vector<float> vec(int64_t n, float lo, float hi, uint64_t seed) {
   return v;
 }
 
+// Shapes of make_tiny that tests may change (the defaults are make_tiny(qwen3)'s); the weights'
+// seeds do not depend on them.
+struct TinyShape {
+  int64_t vocab = 0;  // 0: 500 (Qwen3; an LM head width that is not a multiple of 8) or 512
+  int64_t heads = 4, kv_heads = 2;
+  int64_t intermediate = 512;
+};
+
 // A 2-layer model at head_dim 64 (the attention kernels' smallest). Qwen3: q/k norm, tied
 // embeddings and (to cover the bias path) QKV bias. Weight scales keep activations near unit
 // variance and logits a few units wide, so top-2 gaps are mostly far above bf16 noise.
-inline std::unique_ptr<Model> make_tiny(bool qwen3) {
+inline std::unique_ptr<Model> make_tiny(bool qwen3, const TinyShape& shape = {}) {
   ModelConfig c;
   c.architecture = qwen3 ? "Qwen3ForCausalLM" : "LlamaForCausalLM";
-  c.vocab_size = qwen3 ? 500 : 512;  // 500: an LM head width that is not a multiple of 8
+  c.vocab_size = shape.vocab > 0 ? shape.vocab : qwen3 ? 500 : 512;
   c.hidden_size = 256;
-  c.intermediate_size = 512;
+  c.intermediate_size = shape.intermediate;
   c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
+  c.num_attention_heads = shape.heads;
+  c.num_key_value_heads = shape.kv_heads;
   c.head_dim = 64;
   c.rotary_dim = 64;
   c.rms_norm_eps = 1e-6;

@@ -17,12 +17,13 @@ namespace atom {
 namespace {
 
 // Rows of `src` appended to `dst` (see StackPart::unpermute_heads).
-void append_rows(std::vector<uint8_t>& dst, const StackPart& part) {
+// Copies part's rows (un-permuted when asked) to dst, rows in parallel: the buffer is fresh
+// (uninitialised), so the copying threads also first-touch its pages.
+void copy_rows(uint8_t* dst, const StackPart& part) {
   const cpu::QMatrix& src = part.m;
   const size_t rb = src.row_bytes;
-  const size_t base = dst.size();
-  dst.resize(base + size_t(src.rows) * rb);
   const int64_t hd = part.unpermute_heads > 0 ? src.rows / part.unpermute_heads : 0;
+#pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < src.rows; ++r) {
     int64_t from = r;
     if (part.unpermute_heads > 0) {
@@ -30,7 +31,7 @@ void append_rows(std::vector<uint8_t>& dst, const StackPart& part) {
       const int64_t j = within / half, i = within % half;
       from = h * hd + 2 * i + j;
     }
-    std::memcpy(dst.data() + base + size_t(r) * rb, src.row(from), rb);
+    std::memcpy(dst + size_t(r) * rb, src.row(from), rb);
   }
 }
 
@@ -219,11 +220,13 @@ cpu::QMatrix stack_rows(const std::vector<StackPart>& parts, WeightStorage& stor
   ATOM_ASSERT(!parts.empty());
   for (const StackPart& p : parts)
     if (p.m.type != parts[0].m.type || p.m.cols != parts[0].m.cols) return cpu::QMatrix{};
-  std::vector<uint8_t>& bytes = storage.emplace_back();
   int64_t rows = 0;
+  for (const StackPart& p : parts) rows += p.m.rows;
+  WeightBytes& bytes = storage.emplace_back(size_t(rows) * parts[0].m.row_bytes);
+  size_t at = 0;
   for (const StackPart& p : parts) {
-    append_rows(bytes, p);
-    rows += p.m.rows;
+    copy_rows(bytes.data() + at, p);
+    at += size_t(p.m.rows) * p.m.row_bytes;
   }
   return cpu::QMatrix{parts[0].m.type, bytes.data(), rows, parts[0].m.cols, parts[0].m.row_bytes};
 }

@@ -114,7 +114,7 @@ class DummySource final : public HfWeightSource {
                       WeightStorage& storage) override {
     const uint64_t seed = fnv1a(name);
     const int64_t n = rows * cols;
-    std::vector<uint8_t>& bytes = storage.emplace_back(size_t(n) * element_size());
+    WeightBytes& bytes = storage.emplace_back(size_t(n) * element_size());
     void* data = bytes.data();
     const GgmlType type = type_;
 #pragma omp parallel for schedule(static)
