@@ -75,12 +75,14 @@ void EngineArgs::add_to(CLI::App& app) {
                  "Directory for Chrome traces (gzip JSON, per rank) recorded between "
                  "/start_profile and /stop_profile (default: ATOM_TORCH_PROFILER_DIR; unset: "
                  "profiling off)");
-  // Parallelism: each flag beats its ATOM_DP_* variable, which beats the default. Multi-GPU
-  // runs are not implemented yet: anything but one rank is refused once parsing is complete.
+  // Parallelism: each flag beats its ATOM_DP_* variable, which beats the default. Tensor
+  // parallelism is not implemented yet, and only `atom serve` runs data-parallel replicas:
+  // anything else is refused once parsing is complete.
   app.add_option("--tensor-parallel-size", parallel.tensor_parallel_size,
                  "-tp N: GPUs one engine is split over, 1..8 (default 1; only 1 is implemented)");
   app.add_option("--data-parallel-size", parallel.data_parallel_size,
-                 "-dp N: engine replicas (default: ATOM_DP_SIZE, else 1; only 1 is implemented)");
+                 "-dp N: engine replicas, each in its own process behind one front end (atom "
+                 "serve only; default: ATOM_DP_SIZE, else 1)");
   app.add_option("--data-parallel-rank", parallel.data_parallel_rank,
                  "This replica's rank among all, 0..dp-1 (default: ATOM_DP_RANK, else 0)");
   app.add_option("--data-parallel-rank-local", parallel.data_parallel_rank_local,
@@ -119,7 +121,7 @@ void EngineArgs::add_to(CLI::App& app) {
       ->check(CLI::Range(1, 4))
       ->capture_default_str();
   app.parse_complete_callback([this] {
-    (void)require_single_rank(parallel);
+    (void)parallel_config();
     // Refused at start-up, before any model is looked for, with the reason.
     ATOM_CHECK(kv_cache_dtype == "bf16", kUnsupported,
                "--kv_cache_dtype {}: an fp8 KV cache is not implemented yet (it arrives with "
@@ -190,9 +192,13 @@ EngineConfig EngineArgs::engine_config() const {
   if (enforce_eager) envs::set("ATOM_ENFORCE_EAGER", "1");
   if (!cudagraph_capture_sizes.empty())
     c.cudagraph_capture_sizes = parse_capture_sizes(cudagraph_capture_sizes);
-  c.parallel = require_single_rank(parallel);
+  c.parallel = parallel_config();
   for (const std::string& note : ineffective_parallel_flags(c.parallel)) ATOM_LOG_WARN("{}", note);
   return c;
+}
+
+ParallelConfig EngineArgs::parallel_config() const {
+  return allow_data_parallel ? require_single_engine(parallel) : require_single_rank(parallel);
 }
 
 std::vector<int64_t> parse_capture_sizes(const std::string& text) {

@@ -61,15 +61,20 @@ struct EngineArgs {
   // -tp/-dp, the data-parallel rank and rendezvous flags, expert parallelism and DP attention
   // (SPEC 1.2, 4); a flag not given falls back to its ATOM_DP_* variable, then the default.
   ParallelFlags parallel;
+  // `atom serve` sets it before add_to: data-parallel replicas (dp > 1) are accepted, each rank
+  // one engine process (require_single_engine); other commands refuse dp > 1.
+  bool allow_data_parallel = false;
 
   // Adds the flags to `app` (which keeps references to this object's members) and a check that
-  // runs once `app` is parsed: the parallel settings resolve and ask for one rank, else parsing
-  // throws atom::Error (kInvalidArgument, or kUnsupported for tp > 1 / dp > 1) before any model
-  // is loaded.
+  // runs once `app` is parsed: the parallel settings resolve and ask for one rank (one engine
+  // per rank with allow_data_parallel), else parsing throws atom::Error (kInvalidArgument, or
+  // kUnsupported for tp > 1 / dp > 1) before any model is loaded.
   void add_to(CLI::App& app);
   // The engine's config; throws as the parse-time check does. Logs the parallel flags that have
   // no effect on one rank.
   EngineConfig engine_config() const;
+  // The parallel settings as engine_config() resolves them (and checks them).
+  ParallelConfig parallel_config() const;
 };
 
 // The arguments after the program name in the last-first order CLI::App::parse(std::vector&)

@@ -2,6 +2,8 @@
 // binds the port (so the port opens only when the engine is ready, as ATOM's server does).
 // SIGINT/SIGTERM: stop accepting, let the requests in flight finish for up to
 // --shutdown-timeout seconds (a second signal cuts that short), abort the rest, exit 0.
+// With a data-parallel size above 1 each rank is a process of its own behind one front end:
+// serve_dp.cpp.
 #include <pthread.h>
 #include <signal.h>
 
@@ -12,6 +14,7 @@
 
 #include "atom/apps/commands.h"
 #include "atom/apps/engine_args.h"
+#include "atom/apps/serve_common.h"
 #include "atom/core/error.h"
 #include "atom/core/logging.h"
 #include "atom/engine/engine_core.h"
@@ -21,30 +24,42 @@
 
 namespace atom::apps {
 
-namespace {
-
-// Waits up to `timeout` for SIGINT or SIGTERM (blocked in every thread); true if one came.
-bool wait_signal(const sigset_t& set, std::chrono::milliseconds timeout) {
+int wait_signal(const sigset_t& set, std::chrono::milliseconds timeout, bool* from_terminal) {
   timespec ts{};
   ts.tv_sec = time_t(timeout.count() / 1000);
   ts.tv_nsec = long(timeout.count() % 1000) * 1000000L;
-  return sigtimedwait(&set, nullptr, &ts) > 0;
+  siginfo_t info{};
+  const int sig = sigtimedwait(&set, &info, &ts);
+  if (sig <= 0) return 0;
+  if (from_terminal != nullptr) *from_terminal = info.si_code == SI_KERNEL;
+  return sig;
 }
 
-}  // namespace
+std::unique_ptr<ServedEngine> build_served_engine(const ServeOptions& o) {
+  auto s = std::make_unique<ServedEngine>();
+  s->model = load_model(o.engine.model);
+  EngineConfig cfg = o.engine.engine_config();
+  auto engine = std::make_unique<LLMEngine>(*s->model.model, *s->model.tokenizer, cfg);
+  s->resolved = engine->config();
+  s->core = std::make_unique<EngineCore>(std::move(engine));
+
+  server::OpenAiServerConfig& sc = s->config;
+  sc.model_root = o.engine.model.path.empty() ? default_model_path() : o.engine.model.path;
+  sc.served_model_name = !o.served_model_name.empty() ? o.served_model_name
+                         : !o.engine.model.path.empty()
+                             ? o.engine.model.path
+                             : std::string("SmolLM2-135M-Instruct");
+  sc.api_key = o.api_key;
+  sc.max_pending_requests = o.max_pending_requests;
+  sc.stop_token_ids = s->model.stop_ids;
+  sc.version = ATOM_VERSION;
+  s->api = std::make_unique<server::OpenAiServer>(*s->core, *s->model.tokenizer, sc);
+  return s;
+}
 
 Command add_serve(CLI::App& app) {
-  struct Opts {
-    EngineArgs engine;
-    std::string host = "0.0.0.0";
-    int port = 8000;
-    std::string served_model_name;
-    std::string api_key;
-    int64_t max_pending_requests = 4096;
-    double shutdown_timeout = 30.0;
-    int http_threads = 2;
-  };
-  auto o = std::make_shared<Opts>();
+  auto o = std::make_shared<ServeOptions>();
+  o->engine.allow_data_parallel = true;  // -dp N: one engine process per rank
   o->engine.add_to(app);
   app.add_option("--host", o->host, "Address to listen on");
   app.add_option("--server-port,--server_port", o->port, "HTTP port")
@@ -64,6 +79,11 @@ Command add_serve(CLI::App& app) {
   app.add_option("--http-threads,--http_threads", o->http_threads,
                  "Threads serving HTTP connections (event-driven: a few serve thousands)")
       ->check(CLI::Range(1, 64));
+  app.add_option("--data-parallel-rendezvous-timeout", o->rendezvous_timeout,
+                 "Seconds from start-up that rank 0 waits for every data-parallel rank to "
+                 "register, and a rank for rank 0's front end, before giving up")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
 
   return [o]() {
     // Block the shutdown signals before any thread starts (engine, OpenMP, HTTP), so that
@@ -75,24 +95,15 @@ Command add_serve(CLI::App& app) {
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     signal(SIGPIPE, SIG_IGN);  // a vanished client is a failed write, not a dead server
 
-    set_threads(o->engine.threads);
-    LoadedModel m = load_model(o->engine.model);
-    EngineConfig cfg = o->engine.engine_config();
-    auto engine = std::make_unique<LLMEngine>(*m.model, *m.tokenizer, cfg);
-    const EngineConfig resolved = engine->config();
-    EngineCore core(std::move(engine));
+    const ParallelConfig parallel = o->engine.parallel_config();
+    if (parallel.data_parallel_size > 1) return serve_data_parallel(*o, parallel, signals);
 
-    server::OpenAiServerConfig sc;
-    sc.model_root = o->engine.model.path.empty() ? default_model_path() : o->engine.model.path;
-    sc.served_model_name = !o->served_model_name.empty() ? o->served_model_name
-                           : !o->engine.model.path.empty()
-                               ? o->engine.model.path
-                               : std::string("SmolLM2-135M-Instruct");
-    sc.api_key = o->api_key;
-    sc.max_pending_requests = o->max_pending_requests;
-    sc.stop_token_ids = m.stop_ids;
-    sc.version = ATOM_VERSION;
-    server::OpenAiServer api(core, *m.tokenizer, sc);
+    set_threads(o->engine.threads);
+    const std::unique_ptr<ServedEngine> served = build_served_engine(*o);
+    EngineCore& core = *served->core;
+    server::OpenAiServer& api = *served->api;
+    const server::OpenAiServerConfig& sc = served->config;
+    const EngineConfig& resolved = served->resolved;
 
     server::HttpServerOptions ho;
     ho.host = o->host;
@@ -108,7 +119,7 @@ Command add_serve(CLI::App& app) {
                   sc.served_model_name, o->host, http.port(), resolved.scheduler.max_model_len,
                   resolved.num_kv_blocks, resolved.block_size);
 
-    while (!wait_signal(signals, std::chrono::milliseconds(1000))) {
+    while (wait_signal(signals, std::chrono::milliseconds(1000)) == 0) {
     }
     ATOM_LOG_INFO("shutting down: no new connections; waiting up to {} s for {} requests",
                   o->shutdown_timeout, core.num_unfinished());
@@ -119,7 +130,7 @@ Command add_serve(CLI::App& app) {
     bool again = false;
     while ((core.num_unfinished() > 0 || http.num_open_requests() > 0) &&
            std::chrono::steady_clock::now() < deadline) {
-      if (wait_signal(signals, std::chrono::milliseconds(20))) {
+      if (wait_signal(signals, std::chrono::milliseconds(20)) != 0) {
         again = true;
         break;
       }

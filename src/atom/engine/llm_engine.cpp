@@ -45,6 +45,7 @@ std::unique_ptr<Runner> make_runner(Model& model, const EngineConfig& c) {
 #ifdef ATOM_HAVE_CUDA
   CudaRunnerConfig rc;
   rc.num_blocks = c.num_kv_blocks;
+  rc.device = int(c.parallel.cuda_device());  // a DP replica's GPU: rank_local * tp (SPEC 4.2)
   rc.block_size = c.block_size;
   rc.max_num_batched_tokens = c.scheduler.max_num_batched_tokens;
   rc.max_num_seqs = c.scheduler.max_num_seqs;

@@ -124,11 +124,43 @@ ParallelConfig require_single_rank(const ParallelFlags& flags) {
   if (r.tp.value > 1) asked = r.tp.origin;
   if (r.dp.value > 1) asked += (asked.empty() ? "" : " and ") + r.dp.origin;
   throw_error(ErrorCode::kUnsupported,
-              "{}: multi-GPU tensor and data parallelism are not implemented yet ({} ranks asked "
-              "for; atom runs one engine on one GPU or the CPU: use --tensor-parallel-size 1 and "
-              "--data-parallel-size 1{})",
+              "{}: multi-GPU tensor and data parallelism are not implemented yet for this "
+              "command ({} ranks asked for; it runs one engine on one GPU or the CPU: use "
+              "--tensor-parallel-size 1 and --data-parallel-size 1{}){}",
               asked, r.config.world_size(),
-              r.dp.value > 1 && !flags.data_parallel_size ? ", or unset ATOM_DP_SIZE" : "");
+              r.dp.value > 1 && !flags.data_parallel_size ? ", or unset ATOM_DP_SIZE" : "",
+              r.tp.value == 1 ? "; `atom serve` runs data-parallel replicas" : "");
+}
+
+DpStepMode dp_step_mode(const ParallelConfig& config) {
+  return config.data_parallel_size > 1 && config.enable_expert_parallel ? DpStepMode::kLockstep
+                                                                        : DpStepMode::kIndependent;
+}
+
+ParallelConfig require_single_engine(const ParallelFlags& flags) {
+  Resolution r = resolve(flags);
+  const ParallelConfig& c = r.config;
+  if (c.tensor_parallel_size > 1)
+    throw_error(ErrorCode::kUnsupported,
+                "{}: tensor parallelism is not implemented yet (one engine runs on one GPU or the "
+                "CPU): use --tensor-parallel-size 1; data-parallel replicas (-dp N) are "
+                "supported",
+                r.tp.origin);
+  if (dp_step_mode(c) == DpStepMode::kLockstep)
+    throw_error(ErrorCode::kUnsupported,
+                "--enable-expert-parallel with {} data-parallel ranks ({}) needs lock-step ranks "
+                "(MoE expert parallelism), which are not implemented yet; dense models need no "
+                "expert parallelism: drop --enable-expert-parallel",
+                c.data_parallel_size, r.dp.origin);
+  return c;
+}
+
+bool data_parallel_rank_given(const ParallelFlags& flags) {
+  return flags.data_parallel_rank.has_value() || envs::raw("ATOM_DP_RANK").has_value();
+}
+
+bool master_port_given(const ParallelFlags& flags) {
+  return flags.master_port.has_value() || envs::raw("ATOM_DP_MASTER_PORT").has_value();
 }
 
 std::vector<std::string> ineffective_parallel_flags(const ParallelConfig& config) {

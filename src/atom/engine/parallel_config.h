@@ -8,8 +8,10 @@
 // ATOM itself overwrites the DP variables with the CLI's values and never reads the master ones;
 // atom makes all five count, under the flags.
 //
-// Until multi-GPU support lands, an engine is one rank: require_single_rank() turns tp > 1 or
-// dp > 1 into a kUnsupported error at start-up instead of silently running on one device.
+// An engine is one tensor-parallel rank until tensor parallelism lands. Data parallelism runs
+// one engine per DP rank, each in its own process, behind one front end: `atom serve` accepts
+// dp > 1 (require_single_engine), the other commands, which run one engine in-process, refuse it
+// (require_single_rank) instead of silently running one replica.
 #pragma once
 
 #include <cstdint>
@@ -31,6 +33,11 @@ struct ParallelConfig {
 
   // GPUs the whole deployment spans.
   int64_t world_size() const { return tensor_parallel_size * data_parallel_size; }
+  // The CUDA device of tensor-parallel rank `tp_rank` of this replica (SPEC 4.2): replicas on
+  // one node take consecutive groups of tp devices, by local rank.
+  int64_t cuda_device(int64_t tp_rank = 0) const {
+    return data_parallel_rank_local * tensor_parallel_size + tp_rank;
+  }
   // SPEC 8.1's trace folder of tensor-parallel rank `tp_rank` of this replica: "rank_<t>", or
   // "dp<rank_local>_tp<t>" when there are several replicas or this is not the first one.
   std::string profile_folder(int64_t tp_rank = 0) const;
@@ -57,9 +64,28 @@ struct ParallelFlags {
 ParallelConfig resolve_parallel_config(const ParallelFlags& flags);
 
 // resolve_parallel_config, then atom::Error(kUnsupported) when the result spans more than one
-// rank (tp > 1 or dp > 1), naming the flags or variables that asked for it: multi-GPU tensor and
-// data parallelism are not implemented yet.
+// rank (tp > 1 or dp > 1), naming the flags or variables that asked for it: commands that run
+// one engine in-process (generate, bench) have neither tensor nor data parallelism.
 ParallelConfig require_single_rank(const ParallelFlags& flags);
+
+// How the data-parallel ranks step. kIndependent: each rank runs its own engine loop at its own
+// pace (dense models: a rank's requests never need another rank). kLockstep: every rank steps
+// together, an idle one running dummy batches, because each MoE layer exchanges tokens across
+// ranks (expert parallelism; ATOM's DPEngineCoreProc). This is the hook where lock-step mode
+// plugs in: it is asked for by --enable-expert-parallel with dp > 1 and not implemented yet.
+enum class DpStepMode { kIndependent, kLockstep };
+DpStepMode dp_step_mode(const ParallelConfig& config);
+
+// resolve_parallel_config for `atom serve`, whose ranks are one engine each: any dp, but
+// atom::Error(kUnsupported) for tp > 1 (tensor parallelism is not implemented yet) and for a
+// configuration that needs lock-step ranks (dp_step_mode), naming what asked for it.
+ParallelConfig require_single_engine(const ParallelFlags& flags);
+
+// Whether the data-parallel rank, or the master port, was given (flag or variable) rather than
+// defaulted: `atom serve -dp N` without a rank launches the N ranks itself, and picks a free
+// master port when none was given.
+bool data_parallel_rank_given(const ParallelFlags& flags);
+bool master_port_given(const ParallelFlags& flags);
 
 // One line for each flag that is accepted but changes nothing in `config`: expert parallelism
 // and DP attention on a single rank (ATOM applies neither unless tp*dp > 1; dense models ignore
