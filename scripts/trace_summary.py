@@ -4,8 +4,10 @@
 Reads one `*.pt.trace.json.gz` and prints, for the engine steps that match a filter (by default
 the decode steps: steps whose `forward` has as many tokens as sequences):
   * the median wall time of a step, and of its host scopes (schedule, plan, forward, wait, ...);
-  * the GPU time per step: kernels by name (total µs per step, launches per step, share), and
-    the idle gaps between consecutive kernels on the GPU inside the step.
+  * the GPU time per step: kernels by name (µs per step, launches per step, share), and the idle
+    gaps between kernels inside the step. A kernel is charged only the time it adds past the end
+    of the kernels before it, so overlapping launches (programmatic dependent launch) are not
+    counted twice.
 This is the "timeline of one decode step" [F2] accounts for the roofline with.
 
   scripts/trace_summary.py TRACE [--steps decode|prefill|all] [--top 25] [--json OUT]
@@ -79,14 +81,23 @@ def main():
         ks = [k for k in kernels if f["ts"] <= k["ts"] < nxt]
         if not ks:
             continue
-        busy = sum(k["dur"] for k in ks)
+        # A kernel's time is what it adds to the step: from the later of its start and the end
+        # of every kernel before it, to its end. With programmatic dependent launch a kernel
+        # starts while its predecessor drains and waits inside; that wait belongs to the
+        # predecessor, so raw durations would count it twice.
+        busy = 0.0
+        frontier = ks[0]["ts"]
+        for k in ks:
+            end = k["ts"] + k["dur"]
+            own = max(0.0, end - max(k["ts"], frontier))
+            frontier = max(frontier, end)
+            busy += own
+            per_kernel[k["name"]][0] += own
+            per_kernel[k["name"]][1] += 1
         gpu_busy.append(busy)
-        span = ks[-1]["ts"] + ks[-1]["dur"] - ks[0]["ts"]
+        span = frontier - ks[0]["ts"]
         gpu_span.append(span)
         gaps.append(span - busy)
-        for k in ks:
-            per_kernel[k["name"]][0] += k["dur"]
-            per_kernel[k["name"]][1] += 1
     n = len(chosen)
     med = statistics.median
     print(f"{a.trace}: {n} {a.steps} steps (of {len(steps)})")
@@ -95,7 +106,7 @@ def main():
         print(f"    {name:16s} median {med(durs):9.1f} µs  x{len(durs) / n:.1f}/step")
     if gpu_busy:
         print(f"  GPU span           median {med(gpu_span):9.1f} µs (first kernel start to last end)")
-        print(f"  GPU busy (kernels) median {med(gpu_busy):9.1f} µs")
+        print(f"  GPU busy (kernels) median {med(gpu_busy):9.1f} µs (time some kernel was running)")
         print(f"  GPU idle in span   median {med(gaps):9.1f} µs")
     total = sum(v[0] for v in per_kernel.values()) or 1.0
     print(f"  kernels, per step (top {a.top}):")
