@@ -10,7 +10,9 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -358,14 +360,32 @@ def test_mismatched_ranks_are_refused(procs) -> None:
     stop_clean(r0)
 
 
+def timed(fn):
+    """(seconds taken, result) of fn()."""
+    t0 = time.monotonic()
+    result = fn()
+    return time.monotonic() - t0, result
+
+
 def test_hung_rank_is_declared_dead_after_its_reports_stop(procs) -> None:
     r0, r1 = separate_ranks(procs)
     os.kill(r1.proc.pid, signal.SIGSTOP)  # alive and connected, but silent
     try:
         t0 = time.monotonic()
-        while (h := r0.request("GET", "/health").json())["ranks_down"] != [1]:
-            assert time.monotonic() - t0 < 5, h
-            time.sleep(0.05)
+        # A scrape and a profile command sent now reach rank 1 too, which accepts the connection
+        # (its kernel does) but never answers: its death must end them.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            scrape = pool.submit(timed, lambda: r0.request("GET", "/metrics", timeout=20))
+            profile = pool.submit(timed, lambda: r0.request("POST", "/start_profile", timeout=20))
+            while (h := r0.request("GET", "/health").json())["ranks_down"] != [1]:
+                assert time.monotonic() - t0 < 5, h
+                time.sleep(0.05)
+            took, metrics = scrape.result()
+            assert took < 4 and metrics.status == 200, (took, metrics.status)
+            assert 'atom:request_total{dp_rank="0"' in metrics.body.decode()
+            took, prof = profile.result()
+            assert took < 4, took
+            assert any(r["dp_rank"] == 1 and "error" in r for r in prof.json()["ranks"]), prof.body
         assert time.monotonic() - t0 > 0.5, "declared dead before its reports were overdue"
         assert "load reports stopped" in h["ranks"][1]["reason"], h
         for _ in range(4):
@@ -376,3 +396,81 @@ def test_hung_rank_is_declared_dead_after_its_reports_stop(procs) -> None:
     assert r1.wait_exit(10) == 1, r1.log_tail()
     assert "declared this rank dead" in r1.log_tail(), r1.log_tail()
     stop_clean(r0)
+
+
+def test_ranks_leave_a_front_end_that_stopped(procs) -> None:
+    r0, r1 = separate_ranks(procs)
+    os.kill(r0.proc.pid, signal.SIGSTOP)  # its connections stay open, but it says nothing
+    try:
+        took, code = timed(lambda: r1.wait_exit(15))
+    finally:
+        os.kill(r0.proc.pid, signal.SIGCONT)
+    assert code == 1, r1.log_tail()
+    assert 2.5 < took < 8, took
+    assert "sent no heartbeat" in r1.log_tail(), r1.log_tail()
+    # Woken up, the front end finds rank 1 gone and serves on rank 0 (which registers again if
+    # its own reports were overdue meanwhile).
+    deadline = time.monotonic() + 10
+    while (h := r0.request("GET", "/health")).status != 200 or h.json()["ranks_up"] != [0]:
+        assert time.monotonic() < deadline, (h.status, h.body, r0.log_tail())
+        time.sleep(0.05)
+    assert completion(r0, {"prompt": "Hello", "max_tokens": 4})[0] == 0
+    stop_clean(r0)
+
+
+def test_taken_public_port_ends_start_up_cleanly(procs) -> None:
+    """The public port opens after every rank registered: failing then is an error, not a crash,
+    and the child rank goes too."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        srv = launch([*COMMON, "-dp", "2"], {}, port=taken.getsockname()[1])
+        procs.append(srv)
+        code = srv.wait_exit(30)
+    log = srv.log_tail(20000)
+    assert code is not None and code > 0, (code, log)  # negative: killed by a signal
+    assert "dp rank 1 registered" in log, log
+    assert "cannot listen on 127.0.0.1:" in log and "in use" in log, log
+    child = int(re.search(r"started data-parallel rank 1 as process (\d+)", log).group(1))
+    assert not pid_alive(child), f"rank 1 (pid {child}) outlived its parent"
+
+
+def listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on `port` (any address)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def socket_inodes(pid: int) -> set[str]:
+    out = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            out.add(target[len("socket:["):-1])
+    return out
+
+
+@pytest.mark.parametrize("flags", [["-tp", "2", "--enable-dp-attention"],
+                                   ["--tensor-parallel-size=2", "--enable-dp-attention=true"]])
+def test_dp_attention_ranks_run_the_folded_size(procs, flags) -> None:
+    """-tp 2 --enable-dp-attention is dp 2 of tp 1: the child rank must not fold it again."""
+    srv = launch([*COMMON, *flags], {}, port=free_port())
+    procs.append(srv)
+    health = wait_healthy(srv)
+    assert health["dp_size"] == 2 and health["ranks_up"] == [0, 1], health
+    # The child did not inherit rank 0's rendezvous listener (close-on-exec).
+    master_port = int(re.search(r"ranks register at [^ ]+:(\d+)", srv.log_tail(20000)).group(1))
+    listener = listening_inodes(master_port)
+    assert listener, f"nothing listens on the master port {master_port}"
+    child = health["ranks"][1]["pid"]
+    assert not listener & socket_inodes(child), "rank 1 holds rank 0's rendezvous listener"
+    completion(srv, {"prompt": "Hello", "max_tokens": 2})
+    stop_clean(srv)

@@ -117,6 +117,21 @@ TEST(DpRouterTable, DeadDrainingAndSilentRanksTakeNothing) {
   EXPECT_FALSE(router.mark_dead(2, "late"));
 }
 
+TEST(DpRouterTable, AcquireSkipsTheRanksARequestAlreadyTried) {
+  DpRouter router(3);
+  const auto now = DpRouter::Clock::now();
+  for (int64_t r = 0; r < 3; ++r) router.set_up(r, {"h", 1, 0}, now);
+  const std::vector<int64_t> tried = {0};
+  EXPECT_EQ(router.acquire(tried), 1);  // rank 0 is the least loaded but was tried
+  const std::vector<int64_t> all_but_2 = {0, 1};
+  EXPECT_EQ(router.acquire(all_but_2), 2);
+  const std::vector<int64_t> all = {2, 1, 0};
+  EXPECT_EQ(router.acquire(all), std::nullopt);
+  EXPECT_EQ(router.info(0).routed_total, 0);
+  EXPECT_EQ(router.info(1).open, 1);
+  EXPECT_EQ(router.info(2).open, 1);
+}
+
 TEST(DpRouterTable, ReportsOfRanksNotUpAreIgnored) {
   DpRouter router(2);
   const auto now = DpRouter::Clock::now();

@@ -21,15 +21,22 @@ namespace atom::apps {
 
 namespace {
 
-// Flags that take a value; the child gets its own through ATOM_DP_* instead.
-constexpr std::array<std::string_view, 6> kDpFlags = {
+// Flags that take a value; the child gets its own through ATOM_DP_* instead. The tensor-
+// parallel size goes too: a child is one rank of the data-parallel size this process resolved,
+// which --enable-dp-attention already multiplied by it (the child runs with tp 1).
+constexpr std::array<std::string_view, 8> kDpFlags = {
     "-dp",
     "--data-parallel-size",
     "--data-parallel-rank",
     "--data-parallel-rank-local",
     "--data-parallel-master-ip",
     "--data-parallel-master-port",
+    "-tp",
+    "--tensor-parallel-size",
 };
+// Flags without a value ("--flag", or "--flag=value" as CLI11 takes it): applied here already,
+// a child would fold tp into dp a second time.
+constexpr std::array<std::string_view, 1> kDpSwitches = {"--enable-dp-attention"};
 
 std::string describe_status(int status) {
   if (WIFEXITED(status)) return fmt::format("exited with code {}", WEXITSTATUS(status));
@@ -58,13 +65,18 @@ std::vector<std::string> strip_data_parallel_args(const std::vector<std::string>
         ++i;
         break;
       }
+      const bool short_flag = flag.size() == 3;  // -dp, -tp
       if (a.size() > flag.size() && a.compare(0, flag.size(), flag) == 0 &&
           (a[flag.size()] == '=' ||
-           (flag == "-dp" && std::isdigit(static_cast<unsigned char>(a[flag.size()])) != 0))) {
-        drop = true;  // "--flag=value", "-dpN"
+           (short_flag && std::isdigit(static_cast<unsigned char>(a[flag.size()])) != 0))) {
+        drop = true;  // "--flag=value", "-dpN", "-tpN"
         break;
       }
     }
+    for (const std::string_view flag : kDpSwitches)
+      if (a == flag ||
+          (a.size() > flag.size() && a.compare(0, flag.size(), flag) == 0 && a[flag.size()] == '='))
+        drop = true;
     if (!drop) out.push_back(a);
   }
   return out;

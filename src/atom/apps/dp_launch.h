@@ -17,8 +17,11 @@
 namespace atom::apps {
 
 // This process's arguments after the program name (from /proc/self/cmdline) without the
-// data-parallel size, rank, local rank and master flags, in any of their spellings (-dp N,
-// -dpN, -dp=N, --data-parallel-size N, --data-parallel-size=N, ...). Nothing after "--" changes.
+// data-parallel size, rank, local rank and master flags, the tensor-parallel size and
+// --enable-dp-attention, in any of their spellings (-dp N, -dpN, -dp=N, --data-parallel-size N,
+// --data-parallel-size=N, -tp 2, --enable-dp-attention=true, ...): a child learns its rank and
+// the resolved data-parallel size (tp already folded in) from ATOM_DP_* and runs with tp 1.
+// Nothing after "--" changes.
 std::vector<std::string> child_rank_args();
 // The same filter over given arguments (for tests and for child_rank_args).
 std::vector<std::string> strip_data_parallel_args(const std::vector<std::string>& args);

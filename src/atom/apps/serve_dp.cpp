@@ -20,6 +20,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <thread>
 
 #include <fmt/ranges.h>
@@ -73,10 +74,11 @@ int serve_data_parallel(const ServeOptions& o, const ParallelConfig& pc, const s
 
   // Rank 0: the rendezvous first, so ranks may register while this one loads; then the
   // children, before any thread exists (dp_launch.h).
+  // Declared before the master, whose thread reads it until the master stops.
+  std::atomic<server::DpFrontEnd*> front_ptr{nullptr};
   std::unique_ptr<server::DpRouter> router;
   std::unique_ptr<server::DpMaster> master;
   std::unique_ptr<LocalRanks> children;
-  std::atomic<server::DpFrontEnd*> front_ptr{nullptr};
   int master_port = int(pc.master_port);
   if (rank == 0) {
     router = std::make_unique<server::DpRouter>(dp);
@@ -173,6 +175,19 @@ int serve_data_parallel(const ServeOptions& o, const ParallelConfig& pc, const s
 
   std::unique_ptr<server::DpFrontEnd> front;
   std::unique_ptr<server::HttpServer> public_http;
+  // However this function ends (start-up may throw after ranks registered, e.g. when the public
+  // port is taken), the public port closes, then the master's thread, which calls into the
+  // front end, stops, then the front end's calls (which may call into the master) end; only
+  // then are the front end and, later, the master destroyed. Everything here is idempotent.
+  struct Teardown {
+    std::function<void()> run;
+    ~Teardown() { run(); }
+  } teardown{[&] {
+    if (public_http) public_http->stop();
+    if (master) master->stop();
+    front_ptr = nullptr;
+    if (front) front->stop();
+  }};
   if (rank == 0) {
     while (true) {
       const std::vector<int64_t> missing =
@@ -199,6 +214,12 @@ int serve_data_parallel(const ServeOptions& o, const ParallelConfig& pc, const s
       fc.api_key = o.api_key;
       fc.version = ATOM_VERSION;
       front = std::make_unique<server::DpFrontEnd>(*router, fc);
+      // A rank whose endpoint refused the front end is dropped at the rendezvous too: rank 0
+      // registers again, another rank exits (and is reaped here when it is a child).
+      front->on_rank_unreachable(
+          [m = master.get()](int64_t r, const server::RankEndpoint& at, const std::string& why) {
+            m->drop(r, at, why);
+          });
       front_ptr = front.get();
       server::HttpServerOptions ho;
       ho.host = o.host;
@@ -282,8 +303,8 @@ int serve_data_parallel(const ServeOptions& o, const ParallelConfig& pc, const s
     std::this_thread::sleep_for(milliseconds(10));
   reporter->stop();
   if (front) {
+    public_http->stop();  // first: a request arriving now must not reach a stopped front end
     front->stop();
-    public_http->stop();
   }
   if (children) {
     // The children drain their own requests within the same timeout.

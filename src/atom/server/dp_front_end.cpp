@@ -4,7 +4,6 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
-#include <cctype>
 #include <chrono>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -14,6 +13,7 @@
 #include "atom/core/logging.h"
 #include "atom/engine/stats.h"
 #include "atom/server/openai_protocol.h"
+#include "atom/server/openai_server.h"
 
 namespace atom::server {
 
@@ -24,23 +24,13 @@ namespace {
 
 constexpr const char* kJson = "application/json";
 constexpr const char* kRankHeader = "X-Atom-Dp-Rank";
+// A rank's /metrics answers at once unless the rank is in trouble: a scrape of the front end
+// must not wait for it (its samples are just missing). Profile commands may write a trace.
+constexpr std::chrono::milliseconds kMetricsConnectTimeout{2000};
+constexpr std::chrono::milliseconds kMetricsDeadline{3000};
+constexpr std::chrono::milliseconds kProfileDeadline{60000};
 
 std::string dump(const ojson& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(a[i])) !=
-        std::tolower(static_cast<unsigned char>(b[i])))
-      return false;
-  return true;
-}
-
-std::string header_of(const Headers& headers, std::string_view name) {
-  for (const auto& [k, v] : headers)
-    if (iequals(k, name)) return v;
-  return {};
-}
 
 // The error of a request whose rank failed: 503, with a code a client can tell apart from
 // "overloaded" (which is worth a retry on the same server only after a while).
@@ -48,12 +38,6 @@ ApiError rank_failed(std::string message) {
   ApiError e = api_error(503, std::move(message));
   e.code = "dp_rank_failed";
   return e;
-}
-
-int64_t unix_now() {
-  return std::chrono::duration_cast<std::chrono::seconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
 }
 
 }  // namespace
@@ -64,7 +48,8 @@ struct DpFrontEnd::Proxy {
   DpFrontEnd* fe = nullptr;
   HttpRequest req;
   std::shared_ptr<HttpResponder> res;
-  int64_t attempts = 0;
+  std::vector<int64_t> tried;  // ranks this request could not be connected to
+  std::string last_error;      // why the last of them could not
   std::atomic<bool> client_gone{false};
   std::mutex mu;
   std::shared_ptr<UpstreamCall> call;  // guarded by mu: the current attempt's
@@ -107,10 +92,52 @@ void DpFrontEnd::rank_dead(int64_t rank, const std::string& reason) {
   std::vector<std::shared_ptr<UpstreamCall>> open;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [p, w] : calls_[size_t(rank)])
+    for (auto& [id, w] : calls_[size_t(rank)])
       if (auto c = w.lock()) open.push_back(std::move(c));
   }
   for (auto& c : open) c->cancel(reason);
+}
+
+void DpFrontEnd::rank_unreachable(int64_t rank, const RankEndpoint& endpoint,
+                                  const std::string& reason) {
+  if (router_.info(rank).endpoint != endpoint) return;  // registered again since
+  if (!router_.mark_dead(rank, reason)) return;
+  ATOM_LOG_ERROR("dp rank {} is dead: {}; new requests go to ranks [{}]", rank, reason,
+                 fmt::join(router_.ranks_in(RankState::kUp), ", "));
+  rank_dead(rank, reason);
+  if (on_unreachable_) on_unreachable_(rank, endpoint, reason);
+}
+
+std::shared_ptr<UpstreamCall> DpFrontEnd::start_call(
+    int64_t rank, const RankEndpoint& endpoint, UpstreamRequest request, UpstreamHandlers handlers,
+    std::chrono::milliseconds connect_timeout, std::optional<std::chrono::milliseconds> deadline,
+    const std::function<void(const std::shared_ptr<UpstreamCall>&)>& registered) {
+  std::shared_ptr<UpstreamCall> call;
+  std::string dead_reason;
+  {
+    // The call's on_done unregisters under mu_, so it cannot end before it is registered.
+    std::lock_guard<std::mutex> lock(mu_);
+    const uint64_t id = next_call_++;
+    handlers.on_done = [this, rank, id,
+                        done = std::move(handlers.on_done)](const UpstreamResult& r) {
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        calls_[size_t(rank)].erase(id);
+      }
+      if (done) done(r);
+    };
+    call = client_.start(endpoint.host, endpoint.port, std::move(request), std::move(handlers),
+                         connect_timeout, deadline);
+    calls_[size_t(rank)][id] = call;
+    if (registered) registered(call);
+    // rank_dead() marks the router first and then collects the calls under mu_: a rank not
+    // live now was declared dead before this call could be collected.
+    const RankInfo info = router_.info(rank);
+    if (info.state != RankState::kUp && info.state != RankState::kDraining)
+      dead_reason = info.reason.empty() ? std::string("the rank was declared dead") : info.reason;
+  }
+  if (!dead_reason.empty()) call->cancel(dead_reason);
+  return call;
 }
 
 bool DpFrontEnd::authorized(const HttpRequest& req,
@@ -135,17 +162,9 @@ void DpFrontEnd::handle(HttpRequest req, std::shared_ptr<HttpResponder> res) {
   if (p == "/metrics" && req.method == "GET") return metrics(res);
   if (p == "/v1/models" && req.method == "GET") {
     if (!authorized(req, res)) return;
-    ojson m;
-    m["id"] = config_.served_model_name;
-    m["object"] = "model";
-    m["created"] = unix_now();
-    m["owned_by"] = "atom";
-    m["root"] = config_.model_root;
-    m["max_model_len"] = config_.max_model_len;
-    ojson body;
-    body["object"] = "list";
-    body["data"] = ojson::array({m});
-    res->send(200, kJson, dump(body));
+    res->send(
+        200, kJson,
+        models_list_body(config_.served_model_name, config_.model_root, config_.max_model_len));
     return;
   }
   if (draining_) {
@@ -175,7 +194,12 @@ void DpFrontEnd::handle(HttpRequest req, std::shared_ptr<HttpResponder> res) {
 }
 
 void DpFrontEnd::forward(const std::shared_ptr<Proxy>& p) {
-  const std::optional<int64_t> pick = router_.acquire();
+  const std::optional<int64_t> pick = router_.acquire(p->tried);
+  if (!pick && !p->last_error.empty()) {  // every rank left was tried
+    p->res->send(503, kJson, error_json(rank_failed(p->last_error)), {{"Retry-After", "1"}});
+    --open_;
+    return;
+  }
   if (!pick) {
     std::vector<std::string> states;
     for (const RankInfo& r : router_.snapshot())
@@ -189,7 +213,6 @@ void DpFrontEnd::forward(const std::shared_ptr<Proxy>& p) {
     --open_;
     return;
   }
-  ++p->attempts;
   p->rank = *pick;
   p->endpoint = router_.info(*pick).endpoint;
   p->status = 0;
@@ -212,10 +235,10 @@ void DpFrontEnd::forward(const std::shared_ptr<Proxy>& p) {
   h.on_head = [p](int status, const Headers& headers, bool streamed) {
     p->status = status;
     p->streamed = streamed;
-    p->content_type = header_of(headers, "Content-Type");
+    p->content_type = header_value(headers, "Content-Type");
     p->relay.clear();
     for (const char* name : {"Retry-After", "Allow", "WWW-Authenticate", "Cache-Control"}) {
-      const std::string v = header_of(headers, name);
+      const std::string v = header_value(headers, name);
       if (!v.empty()) p->relay.emplace_back(name, v);
     }
     p->relay.emplace_back(kRankHeader, std::to_string(p->rank));
@@ -244,10 +267,6 @@ void DpFrontEnd::forward(const std::shared_ptr<Proxy>& p) {
   h.on_done = [p](const UpstreamResult& r) {
     DpFrontEnd& fe = *p->fe;
     {
-      std::lock_guard<std::mutex> lock(fe.mu_);
-      fe.calls_[size_t(p->rank)].erase(p.get());
-    }
-    {
       std::lock_guard<std::mutex> lock(p->mu);
       p->call.reset();
     }
@@ -269,21 +288,22 @@ void DpFrontEnd::forward(const std::shared_ptr<Proxy>& p) {
     }
     const std::string where = fmt::format("{}:{}", p->endpoint.host, p->endpoint.port);
     if (r.connect_failed && !p->head_relayed) {
-      // Nothing reached the rank: it is gone; the request may go to another one.
+      // Nothing reached the rank: the request may go to another one. Only a refusal or an
+      // unreachable host says the rank is gone; a local failure or a timeout does not.
       fe.router_.release(p->rank, false);
-      const std::string reason =
-          fmt::format("its endpoint {} refused the front end ({})", where, r.error);
-      if (fe.router_.mark_dead(p->rank, reason)) {
-        ATOM_LOG_ERROR("dp rank {} is dead: {}; new requests go to ranks [{}]", p->rank, reason,
-                       fmt::join(fe.router_.ranks_in(RankState::kUp), ", "));
-        fe.rank_dead(p->rank, reason);
+      p->tried.push_back(p->rank);
+      p->last_error = fmt::format("data-parallel rank {} at {} could not be reached: {}", p->rank,
+                                  where, r.error);
+      if (r.peer_down) {
+        fe.rank_unreachable(
+            p->rank, p->endpoint,
+            fmt::format("its endpoint {} refused the front end ({})", where, r.error));
+      } else {
+        ATOM_LOG_WARN("dp: could not connect to rank {} at {} ({}); trying another rank", p->rank,
+                      where, r.error);
       }
-      if (p->attempts < fe.router_.dp_size() && !fe.stopped_) return fe.forward(p);
-      p->res->send(
-          503, kJson,
-          error_json(rank_failed(fmt::format("data-parallel rank {} at {} could not be reached: {}",
-                                             p->rank, where, r.error))),
-          {{"Retry-After", "1"}});
+      if (!fe.stopped_) return fe.forward(p);
+      p->res->send(503, kJson, error_json(rank_failed(p->last_error)), {{"Retry-After", "1"}});
       --fe.open_;
       return;
     }
@@ -304,15 +324,15 @@ void DpFrontEnd::forward(const std::shared_ptr<Proxy>& p) {
     --fe.open_;
   };
 
-  std::lock_guard<std::mutex> lock(mu_);  // on_done unregisters under it: register first
-  std::shared_ptr<UpstreamCall> call =
-      client_.start(p->endpoint.host, p->endpoint.port, std::move(up), std::move(h));
-  calls_[size_t(p->rank)][p.get()] = call;
-  {
-    std::lock_guard<std::mutex> plock(p->mu);
-    p->call = call;
-  }
-  if (p->client_gone) call->cancel("the client disconnected");
+  // Set before the call can end (its on_done resets it); a client gone meanwhile cancels it.
+  start_call(p->rank, p->endpoint, std::move(up), std::move(h), config_.connect_timeout,
+             std::nullopt, [&p](const std::shared_ptr<UpstreamCall>& call) {
+               {
+                 std::lock_guard<std::mutex> plock(p->mu);
+                 p->call = call;
+               }
+               if (p->client_gone) call->cancel("the client disconnected");
+             });
 }
 
 void DpFrontEnd::health(const std::shared_ptr<HttpResponder>& res) {
@@ -386,7 +406,9 @@ void DpFrontEnd::broadcast(const HttpRequest& req, const std::shared_ptr<HttpRes
     for (const auto& [rank, body] : g->bodies) {
       ojson j;
       j["dp_rank"] = rank;
-      j["response"] = ojson::parse(body, nullptr, false);
+      ojson parsed = ojson::parse(body, nullptr, false);
+      // A body that is not JSON goes on as text (a discarded value cannot be dumped).
+      j["response"] = parsed.is_discarded() ? ojson(body) : std::move(parsed);
       ranks.push_back(std::move(j));
     }
     for (const auto& [rank, why] : g->errors) {
@@ -432,7 +454,8 @@ void DpFrontEnd::broadcast(const HttpRequest& req, const std::shared_ptr<HttpRes
       }
       if (last) finish();
     };
-    client_.start(r.endpoint.host, r.endpoint.port, std::move(up), std::move(h));
+    start_call(r.rank, r.endpoint, std::move(up), std::move(h), config_.connect_timeout,
+               kProfileDeadline);
   }
 }
 
@@ -471,8 +494,8 @@ void DpFrontEnd::metrics(const std::shared_ptr<HttpResponder>& res) {
       }
       if (last) finish();
     };
-    client_.start(r.endpoint.host, r.endpoint.port, std::move(up), std::move(h),
-                  std::chrono::seconds(2));
+    start_call(r.rank, r.endpoint, std::move(up), std::move(h), kMetricsConnectTimeout,
+               kMetricsDeadline);
   }
 }
 

@@ -12,15 +12,21 @@
 // A rank that fails (its rendezvous connection ends or its reports stop, see dp_rendezvous.h)
 // fails the requests open on it at once, each with an error naming the rank: HTTP 503 with an
 // OpenAI error body, or, once a stream has begun, an SSE `data: {"error": ...}` event after
-// which the stream ends (what the engine server does when its engine fails mid-stream). A rank
-// that cannot be connected to is marked dead and the request goes to the next rank: nothing had
-// reached it. Every answer carries the header X-Atom-Dp-Rank naming the rank that served it.
+// which the stream ends (what the engine server does when its engine fails mid-stream). When a
+// rank cannot be connected to, the request goes to another rank (nothing had reached it); only
+// a refusal or an unreachable host marks the rank dead, and the on_rank_unreachable listener
+// confirms that through the rendezvous (the rank is dropped there, so it exits or registers
+// again); a local failure (no free descriptor or port, a connect timeout) leaves it up. Every
+// answer carries the header X-Atom-Dp-Rank naming the rank that served it.
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -38,7 +44,8 @@ struct DpFrontEndConfig {
   int64_t max_model_len = 0;
   std::string api_key;  // "": none; else the /v1 routes answered here check it
   std::string version;
-  int client_threads = 2;  // I/O threads of the connections to the ranks
+  int client_threads = 2;                           // I/O threads of the connections to the ranks
+  std::chrono::milliseconds connect_timeout{5000};  // to a rank's endpoint, per attempt
 };
 
 class DpFrontEnd {
@@ -54,6 +61,14 @@ class DpFrontEnd {
   void set_draining() { draining_ = true; }
   // `rank` was declared dead: its open requests end now with an error naming it and `reason`.
   void rank_dead(int64_t rank, const std::string& reason);
+  // Called (on a connection's thread) after the front end marked a rank dead because its
+  // endpoint refused a connection or its host was unreachable, with the endpoint it tried. Set
+  // it before the first request.
+  void on_rank_unreachable(
+      std::function<void(int64_t rank, const RankEndpoint& endpoint, const std::string& reason)>
+          listener) {
+    on_unreachable_ = std::move(listener);
+  }
   // Requests forwarded and not answered yet.
   int64_t num_open() const { return open_.load(); }
   // Cancels what is still open and stops the connections' threads.
@@ -64,6 +79,17 @@ class DpFrontEnd {
 
  private:
   struct Proxy;
+  // Starts a call to `rank` that rank_dead() and stop() cancel. `registered` runs once the call
+  // is registered, before it can end. A rank declared dead meanwhile (after the caller picked
+  // it, before the call was registered) has the call cancelled at once with the rank's reason.
+  std::shared_ptr<UpstreamCall> start_call(
+      int64_t rank, const RankEndpoint& endpoint, UpstreamRequest request,
+      UpstreamHandlers handlers, std::chrono::milliseconds connect_timeout,
+      std::optional<std::chrono::milliseconds> deadline,
+      const std::function<void(const std::shared_ptr<UpstreamCall>&)>& registered = {});
+  // Marks `rank` dead after its endpoint refused a connection (unless it registered again at
+  // another endpoint meanwhile), fails its requests and tells the listener.
+  void rank_unreachable(int64_t rank, const RankEndpoint& endpoint, const std::string& reason);
   void forward(const std::shared_ptr<Proxy>& p);
   void broadcast(const HttpRequest& req, const std::shared_ptr<HttpResponder>& res);
   void metrics(const std::shared_ptr<HttpResponder>& res);
@@ -76,9 +102,12 @@ class DpFrontEnd {
   std::atomic<bool> draining_{false};
   std::atomic<int64_t> open_{0};
   std::atomic<bool> stopped_{false};
+  std::function<void(int64_t, const RankEndpoint&, const std::string&)> on_unreachable_;
   std::mutex mu_;
-  // Per rank: the calls open on it, so a dead rank's requests can be failed at once.
-  std::vector<std::unordered_map<const Proxy*, std::weak_ptr<UpstreamCall>>> calls_;
+  // Per rank: the calls open on it (forwarded requests, metric scrapes, profile commands) by
+  // their number, so a dead rank's calls can be ended at once.
+  std::vector<std::unordered_map<uint64_t, std::weak_ptr<UpstreamCall>>> calls_;
+  uint64_t next_call_ = 0;  // guarded by mu_
 };
 
 // One exposition from several ranks' (rank, Prometheus text) pairs: every sample gains the

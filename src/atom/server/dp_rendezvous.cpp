@@ -1,5 +1,10 @@
 #include "atom/server/dp_rendezvous.h"
 
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -7,6 +12,7 @@
 
 #include <boost/asio.hpp>
 #include <condition_variable>
+#include <deque>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -37,6 +43,24 @@ std::string take_line(net::streambuf& buf, size_t n) {
   if (!s.empty() && s.back() == '\n') s.pop_back();
   if (!s.empty() && s.back() == '\r') s.pop_back();
   return s;
+}
+
+// A rendezvous connection notices a peer host that vanished without closing: keepalive probes
+// while it is quiet, and TCP_USER_TIMEOUT on data that stays unacknowledged. Close-on-exec, as
+// every socket here: a child rank must not hold the master's sockets.
+void tune_socket(tcp::socket& s) {
+  error_code ignored;
+  s.set_option(net::socket_base::keep_alive(true), ignored);
+  const int fd = s.native_handle();
+  const int idle_s = 1, interval_s = 1;
+  const int probes =
+      int(std::chrono::duration_cast<std::chrono::seconds>(kRankSocketTimeout).count());
+  const unsigned timeout_ms = unsigned(kRankSocketTimeout.count());
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_s, sizeof(idle_s));
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval_s, sizeof(interval_s));
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof(probes));
+  ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &timeout_ms, sizeof(timeout_ms));
+  ::fcntl(fd, F_SETFD, FD_CLOEXEC);
 }
 
 std::string endpoint_text(const tcp::socket& s) {
@@ -72,7 +96,8 @@ struct DpMaster::Impl : std::enable_shared_from_this<Impl> {
     tcp::socket socket;
     net::streambuf buf;
     std::string peer;
-    int64_t rank = -1;  // once accepted
+    int64_t rank = -1;      // once accepted
+    RankEndpoint endpoint;  // once accepted
     bool draining = false;
     bool closed = false;
   };
@@ -88,6 +113,7 @@ struct DpMaster::Impl : std::enable_shared_from_this<Impl> {
   net::steady_timer timer;
   std::thread thread;
   bool started = false, stopped = false;
+  std::chrono::steady_clock::time_point next_heartbeat{};
   std::function<void(int64_t, const std::string&)> listener;
   std::vector<SessionPtr> by_rank;  // the live session of each registered rank
   std::vector<std::pair<SessionPtr, RankRegistration>> pending;  // waiting for rank 0's
@@ -102,6 +128,11 @@ struct DpMaster::Impl : std::enable_shared_from_this<Impl> {
       if (ec == net::error::operation_aborted || !self->acceptor.is_open()) return;
       if (!ec) {
         s->peer = endpoint_text(s->socket);
+        tune_socket(s->socket);
+        // Sends never block the master's thread: a rank that stopped reading loses a message
+        // (it is declared dead by its silence anyway).
+        error_code ignored;
+        s->socket.non_blocking(true, ignored);
         self->read(s);
       } else {
         ATOM_LOG_WARN("dp master: accept failed: {}", ec.message());
@@ -130,7 +161,7 @@ struct DpMaster::Impl : std::enable_shared_from_this<Impl> {
   void send(const SessionPtr& s, const json& j) {
     if (s->closed) return;
     error_code ec;
-    net::write(s->socket, net::buffer(line(j)), ec);  // a few bytes: the kernel takes them
+    net::write(s->socket, net::buffer(line(j)), ec);  // non-blocking: would_block drops it
   }
 
   void close(const SessionPtr& s) {
@@ -187,6 +218,11 @@ struct DpMaster::Impl : std::enable_shared_from_this<Impl> {
           reg.rank, reg.dp_size, dp);
     if (reg.rank < 0 || reg.rank >= dp)
       return fmt::format("dp rank {} is outside [0, {})", reg.rank, dp);
+    if (reg.host.empty())
+      return fmt::format("dp rank {} registered no address for its endpoint", reg.rank);
+    if (reg.port < 1 || reg.port > 65535)
+      return fmt::format("dp rank {} registered port {}, which is not a TCP port (1..65535)",
+                         reg.rank, reg.port);
     if (by_rank[size_t(reg.rank)]) {
       const RankInfo info = router.info(reg.rank);
       return fmt::format(
@@ -234,9 +270,10 @@ struct DpMaster::Impl : std::enable_shared_from_this<Impl> {
       return false;
     }
     s->rank = reg.rank;
+    s->endpoint = {reg.host, reg.port, reg.pid};
     by_rank[size_t(reg.rank)] = s;
     const bool again = router.info(reg.rank).state != RankState::kPending;
-    router.set_up(reg.rank, {reg.host, reg.port, reg.pid}, DpRouter::Clock::now());
+    router.set_up(reg.rank, s->endpoint, DpRouter::Clock::now());
     send(s, {{"type", "accepted"}});
     ATOM_LOG_INFO("dp rank {} {}: serving {} at {}:{} (pid {}, max_model_len {})", reg.rank,
                   again ? "registered again" : "registered", reg.model, reg.host, reg.port, reg.pid,
@@ -282,11 +319,23 @@ struct DpMaster::Impl : std::enable_shared_from_this<Impl> {
     if (listener) listener(rank, reason);
   }
 
+  // Tells a rank declared dead so and closes its connection: rank 0 registers again, the
+  // others exit, instead of reporting to a front end that ignores them.
+  void drop_session(int64_t rank, const std::string& reason) {
+    const SessionPtr s = by_rank[size_t(rank)];
+    if (!s) return;
+    send(s, {{"type", "dropped"}, {"error", "the front end declared this rank dead: " + reason}});
+    by_rank[size_t(rank)].reset();
+    close(s);
+    cv.notify_all();
+  }
+
   void tick() {
     timer.expires_after(kLoadReportInterval);
     timer.async_wait([self = shared_from_this()](error_code ec) {
       if (ec) return;
-      const auto expired = self->router.expire_silent(DpRouter::Clock::now(), kLoadReportTimeout);
+      const auto now = DpRouter::Clock::now();
+      const auto expired = self->router.expire_silent(now, kLoadReportTimeout);
       for (const int64_t rank : expired) {
         const std::string reason =
             fmt::format("its load reports stopped for more than {} ms", kLoadReportTimeout.count());
@@ -295,12 +344,12 @@ struct DpMaster::Impl : std::enable_shared_from_this<Impl> {
             "ranks [{}]",
             rank, reason, fmt::join(self->router.ranks_in(RankState::kUp), ", "));
         if (self->listener) self->listener(rank, reason);
-        if (const SessionPtr s = self->by_rank[size_t(rank)]) {
-          self->send(s, {{"type", "dropped"},
-                         {"error", "the front end declared this rank dead: " + reason}});
-          self->by_rank[size_t(rank)].reset();
-          self->close(s);
-        }
+        self->drop_session(rank, reason);
+      }
+      if (now >= self->next_heartbeat) {
+        self->next_heartbeat = now + kHeartbeatInterval;
+        for (const SessionPtr& s : self->by_rank)
+          if (s) self->send(s, {{"type", "heartbeat"}});
       }
       self->tick();
     });
@@ -318,6 +367,9 @@ DpMaster::DpMaster(DpRouter& router, const std::string& ip, int port)
   const tcp::endpoint endpoint = results.begin()->endpoint();
   tcp::acceptor& a = impl_->acceptor;
   a.open(endpoint.protocol(), ec);
+  // Ranks started by this process (dp_launch.h) must not inherit the listening socket.
+  if (!ec && ::fcntl(a.native_handle(), F_SETFD, FD_CLOEXEC) != 0)
+    ec = error_code(errno, boost::system::system_category());
   if (!ec) a.set_option(net::socket_base::reuse_address(true), ec);
   if (!ec) a.bind(endpoint, ec);
   if (!ec) a.listen(net::socket_base::max_listen_connections, ec);
@@ -360,6 +412,16 @@ void DpMaster::stop() {
   }
 }
 
+void DpMaster::drop(int64_t rank, const RankEndpoint& endpoint, const std::string& reason) {
+  if (rank < 0 || rank >= impl_->router.dp_size()) return;
+  net::post(impl_->ioc, [impl = impl_, rank, endpoint, reason] {
+    const Impl::SessionPtr s = impl->by_rank[size_t(rank)];
+    if (!s || s->endpoint != endpoint) return;  // gone already, or registered again since
+    impl->rank_dead(rank, reason);              // no-op when the caller marked it dead
+    impl->drop_session(rank, reason);
+  });
+}
+
 std::vector<int64_t> DpMaster::wait_for_ranks(std::chrono::steady_clock::time_point deadline,
                                               const std::function<bool()>& interrupted) {
   while (true) {
@@ -396,6 +458,32 @@ struct DpRankReporter::Impl {
   mutable std::mutex mu;
   std::string lost_reason;  // guarded by mu
   bool stopped = false;
+  // Once reporting (on the thread): lines are written one at a time, never blocking; a load
+  // report is skipped while an earlier line is still on its way (the next one is newer).
+  std::deque<std::string> outbox;
+  bool writing = false;
+  std::chrono::steady_clock::time_point last_heard{};  // the master's last line
+
+  void send(std::string text, bool droppable) {
+    if (lost) return;
+    if (writing) {
+      if (!droppable) outbox.push_back(std::move(text));
+      return;
+    }
+    writing = true;
+    auto data = std::make_shared<std::string>(std::move(text));
+    net::async_write(socket, net::buffer(*data), [this, data](error_code ec, size_t) {
+      writing = false;
+      if (lost) return;
+      if (ec)
+        return set_lost(fmt::format("the connection to the front end at {} failed ({})", master(),
+                                    ec.message()));
+      if (outbox.empty()) return;
+      std::string next = std::move(outbox.front());
+      outbox.pop_front();
+      send(std::move(next), false);
+    });
+  }
 
   std::string master() const { return fmt::format("{}:{}", ip, port); }
 
@@ -425,17 +513,19 @@ struct DpRankReporter::Impl {
     timer.expires_after(kLoadReportInterval);
     timer.async_wait([this](error_code ec) {
       if (ec || lost) return;
+      const auto now = std::chrono::steady_clock::now();
+      error_code aec;
+      // Unread bytes count as heard: after a stall of this process its timer may run first.
+      if (now - last_heard > kHeartbeatTimeout && socket.available(aec) == 0)
+        return set_lost(fmt::format(
+            "the front end (data-parallel master at {}) sent no heartbeat for {} ms", master(),
+            std::chrono::duration_cast<std::chrono::milliseconds>(now - last_heard).count()));
       const RankLoad l = load();
-      error_code wec;
-      net::write(socket,
-                 net::buffer(line({{"type", "load"},
-                                   {"running", l.running},
-                                   {"waiting", l.waiting},
-                                   {"kv_cache_usage", l.kv_cache_usage}})),
-                 wec);
-      if (wec)
-        return set_lost(fmt::format("the connection to the front end at {} failed ({})", master(),
-                                    wec.message()));
+      send(line({{"type", "load"},
+                 {"running", l.running},
+                 {"waiting", l.waiting},
+                 {"kv_cache_usage", l.kv_cache_usage}}),
+           true);
       send_load();
     });
   }
@@ -451,6 +541,7 @@ struct DpRankReporter::Impl {
                             : fmt::format("the connection to the front end at {} failed ({})",
                                           master(), ec.message()));
       }
+      last_heard = std::chrono::steady_clock::now();
       const std::string text = take_line(buf, n);
       try {
         const json j = json::parse(text);
@@ -499,7 +590,10 @@ std::string DpRankReporter::connect(std::chrono::steady_clock::time_point deadli
       }
       if (!cec) {
         const tcp::endpoint local = m.socket.local_endpoint(ec);
-        if (!ec) return local.address().to_string();
+        if (!ec) {
+          tune_socket(m.socket);
+          return local.address().to_string();
+        }
         cec = ec;
       }
       last_error = cec.message();
@@ -579,6 +673,7 @@ void DpRankReporter::register_rank(const RankRegistration& r,
 void DpRankReporter::start_reporting(std::function<RankLoad()> load) {
   Impl& m = *impl_;
   m.load = std::move(load);
+  m.last_heard = std::chrono::steady_clock::now();
   m.ioc.restart();
   m.send_load();
   m.listen();
@@ -586,11 +681,7 @@ void DpRankReporter::start_reporting(std::function<RankLoad()> load) {
 }
 
 void DpRankReporter::draining() {
-  net::post(impl_->ioc, [impl = impl_.get()] {
-    if (impl->lost) return;
-    error_code ignored;
-    net::write(impl->socket, net::buffer(line({{"type", "draining"}})), ignored);
-  });
+  net::post(impl_->ioc, [impl = impl_.get()] { impl->send(line({{"type", "draining"}}), false); });
 }
 
 bool DpRankReporter::master_lost() const { return impl_->lost; }

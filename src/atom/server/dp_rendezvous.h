@@ -12,6 +12,7 @@
 //                    "model":"M","max_model_len":4096,"root":"/models/M","pid":4242}
 //   master -> rank  {"type":"accepted"} | {"type":"refused","error":"..."}
 //   rank -> master  {"type":"load","running":3,"waiting":0,"kv_cache_usage":0.12}   (repeated)
+//   master -> rank  {"type":"heartbeat"}    (every kHeartbeatInterval once accepted)
 //   rank -> master  {"type":"draining"}     (the rank shuts down: finish, take nothing new)
 //   master -> rank  {"type":"dropped","error":"..."}   (then closes: the rank was declared dead)
 //
@@ -19,7 +20,12 @@
 // max_model_len and the same dp size, or they are refused by name (a rank that registers before
 // rank 0 waits for rank 0's). A rank whose connection fails, or whose reports stop for
 // kLoadReportTimeout, is marked dead in the router and the listener is told, so that its open
-// requests fail at once. A dead rank may register again (a restarted process).
+// requests fail at once; so is one the front end could not connect to (DpMaster::drop). A rank
+// that was declared dead is told so and disconnected: rank 0 registers again, the others exit.
+// A dead rank may register again (a restarted process). A rank that hears nothing from the
+// master (no heartbeat) for kHeartbeatTimeout takes the master for lost, as when the
+// connection closes. Both ends set TCP keepalive and TCP_USER_TIMEOUT (kRankSocketTimeout), so
+// a host that vanishes without closing is noticed too, and neither end ever blocks writing.
 #pragma once
 
 #include <chrono>
@@ -40,6 +46,13 @@ namespace atom::server {
 // wrong; a crashed process is noticed at once anyway, when its connection closes.
 inline constexpr std::chrono::milliseconds kLoadReportInterval{50};
 inline constexpr std::chrono::milliseconds kLoadReportTimeout{1000};
+// The master's heartbeat to every accepted rank, and how long a rank waits without hearing
+// anything before it takes the master (the front end) for lost. Longer than the reports'
+// timeout: the master's thread shares rank 0's cores with its engine.
+inline constexpr std::chrono::milliseconds kHeartbeatInterval{500};
+inline constexpr std::chrono::milliseconds kHeartbeatTimeout{3000};
+// TCP_USER_TIMEOUT and the keepalive probes' span on the rendezvous connections.
+inline constexpr std::chrono::milliseconds kRankSocketTimeout{5000};
 
 struct RankRegistration {
   int64_t rank = 0;
@@ -65,7 +78,13 @@ class DpMaster {
   // Called (on the master's thread) when a rank is marked dead, with the reason.
   void on_rank_dead(std::function<void(int64_t rank, const std::string& reason)> listener);
   void start();
+  // Stops the thread; the listener is not called after it returns. Idempotent.
   void stop();
+  // Confirms a rank's death that someone else suspected (the front end could not connect to
+  // it): unless the rank registered again at another endpoint meanwhile, marks it dead (the
+  // listener is told, if it was not dead yet), tells the rank it was dropped and closes its
+  // connection. Thread-safe; returns at once (the master's thread does it).
+  void drop(int64_t rank, const RankEndpoint& endpoint, const std::string& reason);
 
   // Waits until every rank is up, `deadline` passes, or `interrupted()` returns true (polled
   // every 50 ms); returns the ranks still missing.
@@ -100,10 +119,11 @@ class DpRankReporter {
   void start_reporting(std::function<RankLoad()> load);
   // Tells the master this rank is shutting down (it keeps reporting until stop()).
   void draining();
-  // True once the master closed the connection or declared this rank dead; lost_reason() says
-  // which.
+  // True once the master closed the connection, declared this rank dead or went silent (no
+  // heartbeat for kHeartbeatTimeout); lost_reason() says which.
   bool master_lost() const;
   std::string lost_reason() const;
+  // Closes the connection and stops the thread; never waits on the network. Idempotent.
   void stop();
 
  private:

@@ -108,11 +108,12 @@ std::vector<int64_t> DpRouter::expire_silent(Clock::time_point now, Clock::durat
   return expired;
 }
 
-std::optional<int64_t> DpRouter::acquire() {
+std::optional<int64_t> DpRouter::acquire(std::span<const int64_t> exclude) {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<RankView> views(ranks_.size());
   for (size_t i = 0; i < ranks_.size(); ++i) {
-    views[i].routable = ranks_[i].info.state == RankState::kUp;
+    views[i].routable = ranks_[i].info.state == RankState::kUp &&
+                        std::find(exclude.begin(), exclude.end(), int64_t(i)) == exclude.end();
     views[i].load = ranks_[i].info.load;
     views[i].open = ranks_[i].info.open;
   }

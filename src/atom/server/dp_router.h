@@ -68,6 +68,7 @@ struct RankEndpoint {
   std::string host;  // the address the front end connects to
   int port = 0;
   int64_t pid = 0;  // the rank's process, on its host
+  bool operator==(const RankEndpoint&) const = default;
 };
 
 // A snapshot of one rank for /health, /metrics and logs.
@@ -105,9 +106,10 @@ class DpRouter {
   // Up or draining ranks whose last report is older than `timeout`: marked dead, returned.
   std::vector<int64_t> expire_silent(Clock::time_point now, Clock::duration timeout);
 
-  // Picks the least-loaded routable rank and counts a request open on it (and routed to it);
-  // nullopt when no rank is routable. Every pick must be followed by one release().
-  std::optional<int64_t> acquire();
+  // Picks the least-loaded routable rank, other than those in `exclude` (ranks a request
+  // already failed to reach), and counts a request open on it (and routed to it); nullopt when
+  // no rank is left. Every pick must be followed by one release().
+  std::optional<int64_t> acquire(std::span<const int64_t> exclude = {});
   // The request routed to `rank` ended; `failed`: it ended because the rank failed.
   void release(int64_t rank, bool failed);
 

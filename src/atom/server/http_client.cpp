@@ -1,5 +1,7 @@
 #include "atom/server/http_client.h"
 
+#include <fmt/format.h>
+
 #include <utility>  // std::exchange, which boost/asio/awaitable.hpp uses unincluded
 
 #include <boost/asio.hpp>
@@ -28,15 +30,18 @@ constexpr size_t kReadBufferBytes = 16 * 1024;
 class Call final : public UpstreamCall, public std::enable_shared_from_this<Call> {
  public:
   Call(net::io_context& ioc, UpstreamRequest request, UpstreamHandlers handlers,
-       std::chrono::milliseconds connect_timeout)
+       std::chrono::milliseconds connect_timeout, std::optional<std::chrono::milliseconds> deadline)
       : stream_(net::make_strand(ioc)),
+        deadline_timer_(stream_.get_executor()),
         request_(std::move(request)),
         handlers_(std::move(handlers)),
-        connect_timeout_(connect_timeout) {}
+        connect_timeout_(connect_timeout),
+        deadline_(deadline) {}
 
   void start(tcp::endpoint endpoint) {
     net::dispatch(stream_.get_executor(), [self = shared_from_this(), endpoint] {
       if (self->done_) return;
+      self->arm_deadline();
       self->stream_.expires_after(self->connect_timeout_);
       self->stream_.async_connect(endpoint, beast::bind_front_handler(&Call::on_connect, self));
     });
@@ -56,9 +61,27 @@ class Call final : public UpstreamCall, public std::enable_shared_from_this<Call
   }
 
  private:
+  void arm_deadline() {
+    if (!deadline_) return;
+    deadline_timer_.expires_after(*deadline_);
+    deadline_timer_.async_wait([self = shared_from_this()](error_code ec) {
+      if (ec) return;  // cancelled: the call finished first
+      self->finish(false, false, true,
+                   fmt::format("no complete answer within {} ms", self->deadline_->count()));
+    });
+  }
+
+  // A refusal or an unreachable host says the server is gone; anything else (no descriptor,
+  // no local port, a timeout) may be this side's trouble or a slow network.
+  static bool peer_down(const error_code& ec) {
+    return ec == net::error::connection_refused || ec == net::error::host_unreachable ||
+           ec == net::error::network_unreachable || ec == net::error::connection_reset;
+  }
+
   void on_connect(error_code ec) {
     if (done_) return;
     if (ec) {
+      peer_down_ = peer_down(ec);
       return finish(false, true, false,
                     ec == beast::error::timeout ? std::string("connect timed out")
                                                 : "cannot connect: " + ec.message());
@@ -70,8 +93,11 @@ class Call final : public UpstreamCall, public std::enable_shared_from_this<Call
     msg_.target(request_.target);
     msg_.version(11);
     const tcp::endpoint peer = stream_.socket().remote_endpoint(ec);
-    if (!ec)
-      msg_.set(http::field::host, peer.address().to_string() + ":" + std::to_string(peer.port()));
+    if (!ec) {
+      const std::string address = peer.address().to_string();
+      msg_.set(http::field::host, (peer.address().is_v6() ? "[" + address + "]" : address) + ":" +
+                                      std::to_string(peer.port()));
+    }
     for (const auto& [k, v] : request_.headers) msg_.set(k, v);
     msg_.keep_alive(false);
     msg_.body() = std::move(request_.body);
@@ -137,12 +163,14 @@ class Call final : public UpstreamCall, public std::enable_shared_from_this<Call
   void finish(bool ok, bool connect_failed, bool cancelled, const std::string& error) {
     if (done_) return;
     done_ = true;
+    deadline_timer_.cancel();
     error_code ignored;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
     stream_.socket().close(ignored);
     UpstreamResult r;
     r.ok = ok;
     r.connect_failed = connect_failed;
+    r.peer_down = connect_failed && peer_down_;
     r.cancelled = cancelled;
     r.error = error;
     if (handlers_.on_done) safely([&] { handlers_.on_done(r); });
@@ -150,15 +178,18 @@ class Call final : public UpstreamCall, public std::enable_shared_from_this<Call
   }
 
   beast::tcp_stream stream_;
+  net::steady_timer deadline_timer_;
   UpstreamRequest request_;
   UpstreamHandlers handlers_;
   std::chrono::milliseconds connect_timeout_;
+  std::optional<std::chrono::milliseconds> deadline_;
   http::request<http::string_body> msg_;
   beast::flat_buffer buffer_;
   http::response_parser<http::buffer_body> parser_;
   char buffer_bytes_[kReadBufferBytes];
   bool head_sent_ = false;
   bool done_ = false;
+  bool peer_down_ = false;
 };
 
 }  // namespace
@@ -188,9 +219,10 @@ void HttpClient::stop() {
 
 std::shared_ptr<UpstreamCall> HttpClient::start(const std::string& host, int port,
                                                 UpstreamRequest request, UpstreamHandlers handlers,
-                                                std::chrono::milliseconds connect_timeout) {
-  auto call =
-      std::make_shared<Call>(impl_->ioc, std::move(request), std::move(handlers), connect_timeout);
+                                                std::chrono::milliseconds connect_timeout,
+                                                std::optional<std::chrono::milliseconds> deadline) {
+  auto call = std::make_shared<Call>(impl_->ioc, std::move(request), std::move(handlers),
+                                     connect_timeout, deadline);
   error_code ec;
   net::ip::address address = net::ip::make_address(host, ec);
   if (ec) {  // a host name: resolve it here (rare: ranks register with their address)

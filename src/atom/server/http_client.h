@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "atom/server/http_server.h"
@@ -28,8 +29,12 @@ struct UpstreamRequest {
 struct UpstreamResult {
   bool ok = false;              // the whole response arrived
   bool connect_failed = false;  // nothing reached the server: the call may go elsewhere
-  bool cancelled = false;       // cancel() ended it
-  std::string error;            // what went wrong, for messages ("" when ok)
+  // With connect_failed: the server's host refused the connection or is unreachable
+  // (ECONNREFUSED, EHOSTUNREACH, ...), so the server is likely gone; false for a local failure
+  // (no free descriptor or port, an unresolvable name) and for a connect timeout.
+  bool peer_down = false;
+  bool cancelled = false;  // cancel() ended it
+  std::string error;       // what went wrong, for messages ("" when ok)
 };
 
 // Every callback runs on the call's strand, one at a time, in this order: on_head once (unless
@@ -56,10 +61,13 @@ class HttpClient {
   HttpClient(const HttpClient&) = delete;
   HttpClient& operator=(const HttpClient&) = delete;
 
-  // Starts the call to host:port (an IP address or a host name) and returns at once.
+  // Starts the call to host:port (an IP address or a host name) and returns at once. With a
+  // `deadline`, a call not done that long after its start ends as if cancelled, its error
+  // saying so.
   std::shared_ptr<UpstreamCall> start(
       const std::string& host, int port, UpstreamRequest request, UpstreamHandlers handlers,
-      std::chrono::milliseconds connect_timeout = std::chrono::seconds(5));
+      std::chrono::milliseconds connect_timeout = std::chrono::seconds(5),
+      std::optional<std::chrono::milliseconds> deadline = std::nullopt);
   // Cancels nothing by itself: stops the I/O threads (calls still open never finish).
   void stop();
 

@@ -26,8 +26,6 @@ namespace net = boost::asio;
 using tcp = net::ip::tcp;
 using error_code = boost::system::error_code;
 
-namespace {
-
 bool iequals(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
   for (size_t i = 0; i < a.size(); ++i)
@@ -36,6 +34,14 @@ bool iequals(std::string_view a, std::string_view b) {
       return false;
   return true;
 }
+
+std::string header_value(const Headers& headers, std::string_view name) {
+  for (const auto& [k, v] : headers)
+    if (iequals(k, name)) return v;
+  return {};
+}
+
+namespace {
 
 // The status line and headers of a response. content_length unset: a streamed body (chunked
 // on HTTP/1.1; on HTTP/1.0 the body runs to the connection's close).
@@ -70,9 +76,7 @@ std::string hex(size_t n) {
 }  // namespace
 
 std::string HttpRequest::header(std::string_view name) const {
-  for (const auto& [k, v] : headers)
-    if (iequals(k, name)) return v;
-  return {};
+  return header_value(headers, name);
 }
 
 class Session;

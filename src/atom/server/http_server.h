@@ -19,6 +19,11 @@ namespace atom::server {
 
 using Headers = std::vector<std::pair<std::string, std::string>>;
 
+// ASCII case-insensitive equality, as HTTP compares header names.
+bool iequals(std::string_view a, std::string_view b);
+// The value of the first header named `name` (case-insensitive), "" when absent.
+std::string header_value(const Headers& headers, std::string_view name);
+
 struct HttpRequest {
   std::string method;  // "GET", "POST", ...
   std::string target;  // as sent: path and query

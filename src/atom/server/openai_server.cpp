@@ -209,6 +209,21 @@ struct OpenAiServer::Job {
   }
 };
 
+std::string models_list_body(const std::string& served_model_name, const std::string& root,
+                             int64_t max_model_len) {
+  ojson m;
+  m["id"] = served_model_name;
+  m["object"] = "model";
+  m["created"] = unix_now();
+  m["owned_by"] = "atom";
+  m["root"] = root;
+  m["max_model_len"] = max_model_len;
+  ojson body;
+  body["object"] = "list";
+  body["data"] = ojson::array({m});
+  return dump(body);
+}
+
 OpenAiServer::OpenAiServer(EngineCore& engine, const Tokenizer& tokenizer,
                            OpenAiServerConfig config)
     : engine_(engine), tok_(tokenizer), config_(std::move(config)) {
@@ -284,17 +299,9 @@ void OpenAiServer::route(const HttpRequest& req, const std::shared_ptr<HttpRespo
   } else if (p == "/version") {
     send_json(res, 200, {{"version", config_.version}});
   } else if (p == "/v1/models") {
-    ojson m;
-    m["id"] = config_.served_model_name;
-    m["object"] = "model";
-    m["created"] = unix_now();
-    m["owned_by"] = "atom";
-    m["root"] = config_.model_root;
-    m["max_model_len"] = engine_.config().scheduler.max_model_len;
-    ojson body;
-    body["object"] = "list";
-    body["data"] = ojson::array({m});
-    send_json(res, 200, body);
+    res->send(200, kJson,
+              models_list_body(config_.served_model_name, config_.model_root,
+                               engine_.config().scheduler.max_model_len));
   } else if (p == "/metrics") {
     res->send(200, "text/plain; version=0.0.4; charset=utf-8", metrics());
   } else if (p == "/v1/completions" || p == "/v1/chat/completions") {

@@ -27,6 +27,11 @@ struct OpenAiServerConfig {
   std::string version;                   // /version
 };
 
+// The /v1/models body: a list of the one model served (the engine server and the
+// data-parallel front end answer the same).
+std::string models_list_body(const std::string& served_model_name, const std::string& root,
+                             int64_t max_model_len);
+
 class OpenAiServer {
  public:
   // The engine and tokenizer must outlive this object. Throws atom::Error(kUnsupported) for a
