@@ -21,19 +21,19 @@ namespace atom::apps {
 
 namespace {
 
-// Flags that take a value; the child gets its own through ATOM_DP_* instead. The tensor-
-// parallel size goes too: a child is one rank of the data-parallel size this process resolved,
-// which --enable-dp-attention already multiplied by it (the child runs with tp 1).
-constexpr std::array<std::string_view, 8> kDpFlags = {
+// Flags that take a value; the child gets its own through ATOM_DP_* instead.
+constexpr std::array<std::string_view, 6> kDpFlags = {
     "-dp",
     "--data-parallel-size",
     "--data-parallel-rank",
     "--data-parallel-rank-local",
     "--data-parallel-master-ip",
     "--data-parallel-master-port",
-    "-tp",
-    "--tensor-parallel-size",
 };
+// With --enable-dp-attention the tensor-parallel size goes too: a child is one rank of the
+// data-parallel size this process resolved, which already multiplied it in (the child runs with
+// tp 1). Without it a child keeps its tp: each replica spans tp GPUs.
+constexpr std::array<std::string_view, 2> kTpFlags = {"-tp", "--tensor-parallel-size"};
 // Flags without a value ("--flag", or "--flag=value" as CLI11 takes it): applied here already,
 // a child would fold tp into dp a second time.
 constexpr std::array<std::string_view, 1> kDpSwitches = {"--enable-dp-attention"};
@@ -46,10 +46,34 @@ std::string describe_status(int status) {
   return "ended";
 }
 
+// Whether `a` is `flag` or `flag=value` (CLI11's spellings of a switch).
+bool is_switch(const std::string& a, std::string_view flag) {
+  return a == flag ||
+         (a.size() > flag.size() && a.compare(0, flag.size(), flag) == 0 && a[flag.size()] == '=');
+}
+
+// Whether the arguments (before "--") turn DP attention on: the switch, or `=value` with a value
+// CLI11 reads as true.
+bool dp_attention_on(const std::vector<std::string>& args) {
+  bool on = false;
+  for (const std::string& a : args) {
+    if (a == "--") break;
+    for (const std::string_view flag : kDpSwitches) {
+      if (a == flag) on = true;
+      if (is_switch(a, flag) && a != flag) {
+        const std::string v = a.substr(flag.size() + 1);
+        on = !(v == "false" || v == "0" || v == "off" || v == "no");
+      }
+    }
+  }
+  return on;
+}
+
 }  // namespace
 
 std::vector<std::string> strip_data_parallel_args(const std::vector<std::string>& args) {
   std::vector<std::string> out;
+  const bool fold_tp = dp_attention_on(args);
   bool literal = false;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -59,7 +83,9 @@ std::vector<std::string> strip_data_parallel_args(const std::vector<std::string>
       continue;
     }
     bool drop = false;
-    for (const std::string_view flag : kDpFlags) {
+    std::vector<std::string_view> value_flags(kDpFlags.begin(), kDpFlags.end());
+    if (fold_tp) value_flags.insert(value_flags.end(), kTpFlags.begin(), kTpFlags.end());
+    for (const std::string_view flag : value_flags) {
       if (a == flag) {  // "--flag value": the value goes too
         drop = true;
         ++i;
@@ -74,9 +100,7 @@ std::vector<std::string> strip_data_parallel_args(const std::vector<std::string>
       }
     }
     for (const std::string_view flag : kDpSwitches)
-      if (a == flag ||
-          (a.size() > flag.size() && a.compare(0, flag.size(), flag) == 0 && a[flag.size()] == '='))
-        drop = true;
+      if (is_switch(a, flag)) drop = true;
     if (!drop) out.push_back(a);
   }
   return out;

@@ -17,11 +17,12 @@
 namespace atom::apps {
 
 // This process's arguments after the program name (from /proc/self/cmdline) without the
-// data-parallel size, rank, local rank and master flags, the tensor-parallel size and
-// --enable-dp-attention, in any of their spellings (-dp N, -dpN, -dp=N, --data-parallel-size N,
-// --data-parallel-size=N, -tp 2, --enable-dp-attention=true, ...): a child learns its rank and
-// the resolved data-parallel size (tp already folded in) from ATOM_DP_* and runs with tp 1.
-// Nothing after "--" changes.
+// data-parallel size, rank, local rank and master flags and --enable-dp-attention, in any of
+// their spellings (-dp N, -dpN, -dp=N, --data-parallel-size N, --data-parallel-size=N,
+// --enable-dp-attention=true, ...): a child learns its rank and the resolved data-parallel size
+// from ATOM_DP_*. With DP attention on, the tensor-parallel size (-tp 2, -tp2, -tp=2,
+// --tensor-parallel-size ...) goes too, since the resolved dp already folded it in and the child
+// runs with tp 1; without it the child keeps its tp. Nothing after "--" changes.
 std::vector<std::string> child_rank_args();
 // The same filter over given arguments (for tests and for child_rank_args).
 std::vector<std::string> strip_data_parallel_args(const std::vector<std::string>& args);
