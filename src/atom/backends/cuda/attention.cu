@@ -668,7 +668,6 @@ void launch(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, const Pa
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   }
   launch_pdl(kernel, grid, kThreads, smem, stream, p);
-  ATOM_CUDA_CHECK(cudaGetLastError());
 }
 
 template <int kHeadDim>
@@ -683,7 +682,6 @@ void launch_decode(const Params& p, int64_t num_seqs, cudaStream_t stream) {
   if (p.num_splits > 1) {
     launch_pdl(merge_splits_kernel<kHeadDim>, dim3(unsigned(num_seqs), unsigned(p.num_heads)),
                kHeadDim, 0, stream, p);
-    ATOM_CUDA_CHECK(cudaGetLastError());
   }
 }
 

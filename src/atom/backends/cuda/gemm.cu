@@ -288,7 +288,6 @@ void launch_gemv_m(const __nv_bfloat16* x, const __nv_bfloat16* w, const OutT* b
   const int64_t blocks = (row_groups + groups_per_block - 1) / groups_per_block;
   launch_pdl(gemv_kernel<kM, OutT>, unsigned(blocks), kGemvThreads, 0, stream, x, w, bias, y, n, k,
              split);
-  ATOM_CUDA_CHECK(cudaGetLastError());
 }
 
 // x: [m, k]; w: [n, k]; bias: [n] or null; y: [m, n]. 1 <= m <= kGemvRowsLimit, k % 8 == 0,

@@ -153,7 +153,6 @@ void rms_norm_impl(const T* x, const T* weight, T* out, int64_t n, int64_t dim, 
     launch_pdl(rms_norm_kernel<T, 1>, unsigned(n), threads_for(dim), 0, stream, x, weight, out, dim,
                eps);
   }
-  ATOM_CUDA_CHECK(cudaGetLastError());
 }
 
 template <typename T>
@@ -170,7 +169,6 @@ void add_rms_norm_impl(const T* x, T* residual, const T* weight, T* out, int64_t
     launch_pdl(add_rms_norm_kernel<T, 1>, unsigned(n), threads_for(dim), 0, stream, x, residual,
                weight, out, dim, eps);
   }
-  ATOM_CUDA_CHECK(cudaGetLastError());
 }
 
 // Shared checks of the entry points: returns the row length.

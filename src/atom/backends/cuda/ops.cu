@@ -528,7 +528,6 @@ void launch_embedding(const bf16* table, int64_t vocab, int64_t hidden, const in
     launch_pdl(embedding_kernel<1>, dim3(unsigned(n), blocks_y(hidden, threads)), threads, 0,
                stream, table, vocab, hidden, ids, out);
   }
-  ATOM_CUDA_CHECK(cudaGetLastError());
 }
 
 void launch_split_qkv(const bf16* qkv, bf16* q, bf16* k, bf16* v, int64_t n, int64_t q_size,
@@ -567,7 +566,6 @@ void launch_silu_and_mul(const bf16* x, bf16* out, int64_t n, int64_t d, cudaStr
     launch_pdl(silu_and_mul_kernel<1>, dim3(unsigned(n), blocks_y(d, threads)), threads, 0, stream,
                x, out, d);
   }
-  ATOM_CUDA_CHECK(cudaGetLastError());
 }
 
 void launch_rope_neox(bf16* x, const RopeArgs& rope, int64_t n, int64_t num_heads, int64_t head_dim,
@@ -699,7 +697,6 @@ void launch_qkv_rope_and_cache(const bf16* qkv, const bf16* q_norm, const bf16* 
       launch_pdl(qkv_rope_cache_kernel<32>, grid, threads, smem, stream, args);
       break;
   }
-  ATOM_CUDA_CHECK(cudaGetLastError());
 }
 
 void launch_argmax(const float* logits, int32_t* out, int64_t n, int64_t vocab,
@@ -716,7 +713,6 @@ void launch_argmax(const float* logits, int32_t* out, int64_t n, int64_t vocab,
     launch_pdl(argmax_kernel<1>, unsigned(n), threads_for(vocab, 1024), 0, stream, logits, vocab,
                out);
   }
-  ATOM_CUDA_CHECK(cudaGetLastError());
 }
 
 // --- entry points ---

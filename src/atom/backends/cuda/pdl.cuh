@@ -38,8 +38,8 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 #endif
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization allowed.
-// The kernel must follow the contract above.
+// kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization allowed,
+// then the launch's error as an atom::Error. The kernel must follow the contract above.
 template <typename... Params, typename... Args>
 void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                 Args&&... args) {
@@ -53,7 +53,11 @@ void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, c
   attribute.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &attribute;
   config.numAttrs = 1;
-  ATOM_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+  const cudaError_t err = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+  // The launch's own result is its check (launchers need no cudaGetLastError after it); clear
+  // the error it also left as the thread's last one, so no later check reports it again.
+  if (err != cudaSuccess) (void)cudaGetLastError();
+  ATOM_CUDA_CHECK(err);
 }
 
 }  // namespace atom::cuda

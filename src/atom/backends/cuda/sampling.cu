@@ -428,7 +428,6 @@ void launch_sample(const float* logits, int64_t rows, int64_t vocab, const Sampl
   check_rows(rows, vocab, "launch_sample");
   if (rows == 0) return;
   launch_pdl(sample_kernel, unsigned(rows), kThreads, 0, stream, logits, int(vocab), params, out);
-  ATOM_CUDA_CHECK(cudaGetLastError());
 }
 
 void launch_apply_penalties(float* logits, int64_t vocab, const PenaltyRowParams* rows,
@@ -439,7 +438,6 @@ void launch_apply_penalties(float* logits, int64_t vocab, const PenaltyRowParams
   if (num_rows == 0) return;
   launch_pdl(apply_penalties_kernel, unsigned(num_rows), 256, 0, stream, logits, int(vocab), rows,
              entries, inflight_ids, stop_ids);
-  ATOM_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace atom::cuda

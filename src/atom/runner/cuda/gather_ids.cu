@@ -31,7 +31,6 @@ void launch_gather_ids(const int32_t* sampled, int64_t num_sampled, const int32_
   const int64_t blocks = (n + kThreads - 1) / kThreads;
   launch_pdl(gather_ids_kernel, unsigned(blocks), kThreads, 0, stream, sampled, num_sampled,
              src_index, dst_rows, n, token_ids, num_tokens);
-  ATOM_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace atom::cuda
