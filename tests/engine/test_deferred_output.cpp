@@ -697,12 +697,23 @@ TEST_P(DeferredEngine, EngineCoreAbortsEverythingOnAFailingStepAndKeepsServing) 
   model.boom = 2;
   EngineCore core(std::make_unique<LLMEngine>(model, *tok_, config(async)));
   std::promise<RequestOutput> long_done, bad_done;
-  core.add_request({100, 101, 102}, params(100), [&](const RequestOutput& o) {
+  // The long request's first output holds the engine thread until the bad request is queued, so
+  // the long one is still running when the bad prompt's step fails (the fake model would
+  // otherwise finish all 100 tokens first).
+  std::promise<void> bad_queued;
+  std::shared_future<void> queued = bad_queued.get_future().share();
+  bool first = true;
+  core.add_request({100, 101, 102}, params(100), [&, queued](const RequestOutput& o) {
+    if (first) {
+      first = false;
+      queued.wait();
+    }
     if (o.finished) long_done.set_value(o);
   });
   core.add_request({200, 2, 201}, params(4), [&](const RequestOutput& o) {
     if (o.finished) bad_done.set_value(o);
   });
+  bad_queued.set_value();
   EXPECT_EQ(bad_done.get_future().get().finish_reason, "abort");
   EXPECT_EQ(long_done.get_future().get().finish_reason, "abort");
   // Still serving, and the pool is whole again.
