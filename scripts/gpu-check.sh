@@ -109,9 +109,9 @@ sanitizer_line="not run (compute-sanitizer not found)"
 if [ "${ATOM_CHECK_SANITIZER:-1}" = 0 ]; then
   sanitizer_line="skipped (ATOM_CHECK_SANITIZER=0)"
 elif command -v compute-sanitizer >/dev/null; then
-  # Everything in test_cuda but the runner suites and the profiler's (CUPTI and the sanitizer
-  # both hook the driver).
-  ops_filter='-*CudaRunner*:*Profil*:*Cupti*:*Trace*:*Parity*'
+  # Everything in test_cuda but the runner suites, the profiler's (CUPTI and the sanitizer
+  # both hook the driver) and the multi-GPU ones (NCCL's peer-to-peer traffic).
+  ops_filter='-*CudaRunner*:*Profil*:*Cupti*:*Trace*:*Parity*:*TpRunner*:*NcclComm*'
   timeout 300 compute-sanitizer --tool memcheck --error-exitcode 99 \
     "$build/tests/test_cuda" --gtest_filter="$ops_filter" >"$build.sanitizer.log" 2>&1
   status=$?

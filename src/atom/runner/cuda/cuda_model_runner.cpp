@@ -6,17 +6,22 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <exception>
+#include <functional>
+#include <mutex>
 #include <optional>
 #include <random>
+#include <thread>
 #include <unordered_map>
 
 #include "atom/backends/cpu/quants.h"
 #include "atom/backends/cuda/attention.h"
 #include "atom/backends/cuda/check.h"
 #include "atom/backends/cuda/gemm.h"
+#include "atom/backends/cuda/nccl_comm.h"
 #include "atom/backends/cuda/norm.h"
 #include "atom/backends/cuda/ops.h"
 #include "atom/backends/cuda/sampling.h"
@@ -25,8 +30,10 @@
 #include "atom/core/logging.h"
 #include "atom/core/profiler.h"
 #include "atom/models/decoder.h"
+#include "atom/models/tp_layout.h"
 #include "atom/runner/cuda/cupti_trace.h"
 #include "atom/runner/cuda/gather_ids.h"
+#include "atom/runner/cuda/tp_kernels.h"
 #include "atom/runner/model_runner.h"
 #include "atom/runner/sampler.h"
 
@@ -60,20 +67,23 @@ class Arena {
   size_t used_ = 0;
 };
 
-// Shapes that size every buffer, from the model config and the runner's limits.
+// Shapes that size every buffer, from the model config and the runner's limits. With tensor
+// parallelism, I, nh and nkv are this rank's share and vocab_local its rows of the padded
+// vocabulary (embedding and LM head); vocab is always the model's (the sampled logits' width).
 struct Dims {
   int64_t H, I, D, nh, nkv, q_size, kv_size, qkv_size, vocab, layers;
   int64_t max_tokens, max_seqs, max_blocks_per_seq;
+  int64_t vocab_local, tp;
 };
 
 Dims make_dims(const ModelConfig& c, int64_t block_size, int64_t max_tokens, int64_t max_seqs,
-               int64_t max_model_len) {
+               int64_t max_model_len, const TpLayout* tp = nullptr) {
   Dims d{};
   d.H = c.hidden_size;
-  d.I = c.intermediate_size;
+  d.I = tp ? tp->inter_size : c.intermediate_size;
   d.D = c.head_dim;
-  d.nh = c.num_attention_heads;
-  d.nkv = c.num_key_value_heads;
+  d.nh = tp ? tp->num_q_heads : c.num_attention_heads;
+  d.nkv = tp ? tp->num_kv_heads : c.num_key_value_heads;
   d.q_size = d.nh * d.D;
   d.kv_size = d.nkv * d.D;
   d.qkv_size = d.q_size + 2 * d.kv_size;
@@ -82,6 +92,8 @@ Dims make_dims(const ModelConfig& c, int64_t block_size, int64_t max_tokens, int
   d.max_tokens = max_tokens;
   d.max_seqs = std::min(max_seqs, max_tokens);  // a sequence has at least one token in a step
   d.max_blocks_per_seq = (max_model_len + block_size - 1) / block_size;
+  d.vocab_local = tp ? tp->vocab_rows : d.vocab;
+  d.tp = tp ? tp->tp : 1;
   return d;
 }
 
@@ -103,6 +115,7 @@ size_t max_meta_entries(const Dims& d) {
 struct Activations {
   bf16 *residual, *h, *qkv, *q, *attn, *attn_out, *gate_up, *act, *mlp_out, *selected;
   float* logits;       // [max_seqs, vocab]
+  float* shards;       // tp > 1: [tp, max_seqs, vocab_local], the ranks' LM-head outputs
   int32_t* ids;        // [kRing, max_seqs]: sampled ids of the last kRing steps
   int32_t* meta;       // [max_meta_entries]
   void* attn_ws;       // paged attention split-KV partials
@@ -123,6 +136,7 @@ Activations carve_activations(Arena& a, const Dims& d, int64_t max_model_len) {
   x.mlp_out = a.take<bf16>(size_t(T * d.H));
   x.selected = a.take<bf16>(size_t(d.max_seqs * d.H));
   x.logits = a.take<float>(size_t(d.max_seqs * d.vocab));
+  x.shards = d.tp > 1 ? a.take<float>(size_t(d.tp * d.max_seqs * d.vocab_local)) : nullptr;
   x.ids = a.take<int32_t>(size_t(kRing * d.max_seqs));
   x.meta = a.take<int32_t>(max_meta_entries(d));
   x.attn_ws_bytes = cuda::paged_attention_max_workspace_bytes(d.max_seqs, d.nh, d.nkv, d.D,
@@ -142,21 +156,42 @@ struct DeviceLayer {
 size_t weight_elements(const ModelConfig& c, const Dims& d) {
   size_t per_layer = size_t(2 * d.H + d.H * d.qkv_size + d.qkv_size + d.q_size * d.H + d.H +
                             2 * d.I * d.H + 2 * d.I + d.I * d.H + d.H + 2 * d.D);
-  size_t n = size_t(d.layers) * per_layer + size_t(d.vocab * d.H) + size_t(d.H);
-  if (!c.tie_word_embeddings) n += size_t(d.vocab * d.H);
+  size_t n = size_t(d.layers) * per_layer + size_t(d.vocab_local * d.H) + size_t(d.H);
+  if (!c.tie_word_embeddings) n += size_t(d.vocab_local * d.H);
   return n;
 }
 
-// One weight row as bf16: copied when the checkpoint holds bf16 (no f32 round trip), else
-// dequantized to f32 and rounded. `scratch` holds cols floats.
-void row_to_bf16(const cpu::QMatrix& w, int64_t r, uint16_t* dst, std::vector<float>& scratch) {
+// Columns [c0, c0 + n) of one weight row as bf16: copied when the checkpoint holds bf16 (no f32
+// round trip), else the row dequantized to f32 (quantized blocks span columns) and rounded.
+// `scratch` holds cols floats.
+void row_to_bf16(const cpu::QMatrix& w, int64_t r, int64_t c0, int64_t n, uint16_t* dst,
+                 std::vector<float>& scratch) {
   if (w.type == GgmlType::kBF16) {
-    std::memcpy(dst, w.row(r), size_t(w.cols) * sizeof(uint16_t));
+    std::memcpy(dst, reinterpret_cast<const uint16_t*>(w.row(r)) + c0,
+                size_t(n) * sizeof(uint16_t));
     return;
   }
   scratch.resize(size_t(w.cols));
   cpu::dequantize_row(w.type, w.row(r), scratch.data(), w.cols);
-  for (int64_t c = 0; c < w.cols; ++c) dst[c] = f32_to_bf16(scratch[size_t(c)]);
+  for (int64_t c = 0; c < n; ++c) dst[c] = f32_to_bf16(scratch[size_t(c0 + c)]);
+}
+
+// Rows [first, first + count) of a matrix, the unit of a tensor-parallel shard.
+struct RowRange {
+  const cpu::QMatrix* m;
+  int64_t first, count;
+};
+
+// The listed ranges of a stacked vector (a bias), concatenated: [sum of counts].
+std::vector<float> slice_vector(const std::vector<float>& v,
+                                const std::vector<std::pair<int64_t, int64_t>>& ranges) {
+  std::vector<float> out;
+  for (const auto& [first, count] : ranges) {
+    ATOM_CHECK(first >= 0 && count >= 0 && size_t(first + count) <= v.size(), kInternal,
+               "bias slice [{}, {}) of {} values", first, first + count, v.size());
+    out.insert(out.end(), v.begin() + first, v.begin() + first + count);
+  }
+  return out;
 }
 
 std::vector<uint16_t> host_bf16(const std::vector<float>& v) {
@@ -185,11 +220,10 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 }  // namespace
 
-CudaMemoryPlan cuda_memory_plan(const ModelConfig& cfg, int64_t block_size,
-                                int64_t max_num_batched_tokens, int64_t max_num_seqs,
-                                int64_t max_model_len) {
-  const Dims d =
-      make_dims(cfg, block_size, max_num_batched_tokens, max_num_seqs, max_model_len);
+namespace {
+
+CudaMemoryPlan memory_plan(const ModelConfig& cfg, const Dims& d, int64_t block_size,
+                           int64_t max_model_len) {
   CudaMemoryPlan p;
   p.weight_bytes = weight_elements(cfg, d) * sizeof(bf16);
   Arena measure;
@@ -197,6 +231,16 @@ CudaMemoryPlan cuda_memory_plan(const ModelConfig& cfg, int64_t block_size,
   p.workspace_bytes = measure.used() + cuda::Gemm::kDefaultWorkspaceBytes;
   p.kv_block_bytes = size_t(2 * d.layers * block_size * d.kv_size) * sizeof(bf16);
   return p;
+}
+
+}  // namespace
+
+CudaMemoryPlan cuda_memory_plan(const ModelConfig& cfg, int64_t block_size,
+                                int64_t max_num_batched_tokens, int64_t max_num_seqs,
+                                int64_t max_model_len) {
+  const Dims d =
+      make_dims(cfg, block_size, max_num_batched_tokens, max_num_seqs, max_model_len);
+  return memory_plan(cfg, d, block_size, max_model_len);
 }
 
 int cuda_device_count() {
@@ -260,10 +304,27 @@ struct CudaModelRunner::Impl {
     int64_t batch = 0;
     cudaGraphExec_t exec = nullptr;
   };
+  // What the host prepares for a step, once (by rank 0 when there are several ranks): the plan,
+  // the sampling rows' parameters, the penalty rows, their entries and the masked stop ids.
+  struct HostStep {
+    int64_t number = 0, slot = 0;
+    Plan plan;
+    std::vector<int64_t> sampled_seqs;  // seq_id of each sampling row
+    std::vector<cuda::SampleRowParams> sample;
+    bool all_greedy = true;
+    std::vector<cuda::PenaltyRowParams> pen_rows;
+    std::vector<cuda::PenaltyEntry> pen_entries;
+    std::vector<int32_t> stop_ids;
+  };
 
-  CudaRunnerConfig rc;
+  CudaRunnerConfig rc;  // rc.device: this rank's device
   ModelConfig cfg;
   DecoderVariant variant;
+  // Tensor parallelism: this rank's layout and communicator (owned by the group; null and unused
+  // when tp_size == 1).
+  int64_t rank = 0;
+  TpLayout layout;
+  cuda::NcclComm* comm = nullptr;
   Dims d{};
   cudaStream_t stream = nullptr;
   std::unique_ptr<cuda::Gemm> gemm;
@@ -322,6 +383,13 @@ struct CudaModelRunner::Impl {
   }
   // The parts' rows as bf16, stacked in order, into one new device matrix [sum rows, cols].
   bf16* upload_matrix(std::initializer_list<const cpu::QMatrix*> parts);
+  // The ranges' rows, columns [col_first, col_first + col_count) of each, stacked in order, then
+  // zero rows up to total_rows: one new device matrix [total_rows, col_count]. col_count < 0:
+  // every column; total_rows < 0: just the ranges' rows.
+  bf16* upload_rows(const std::vector<RowRange>& parts, int64_t col_first = 0,
+                    int64_t col_count = -1, int64_t total_rows = -1);
+  // This rank's shard of every weight (tp_size > 1), from models/tp_layout.h's layout.
+  void upload_shards(const DecoderWeights& w);
   // Pinned staging for upload_matrix: kUploadBuffers chunks, each reused once its copy is done.
   static constexpr int kUploadBuffers = 2;
   static constexpr size_t kUploadChunkBytes = size_t(64) << 20;
@@ -330,10 +398,18 @@ struct CudaModelRunner::Impl {
   int64_t upload_chunks = 0;
   void free_upload_staging();
 
-  Impl(const Model& model, const CudaRunnerConfig& config);
+  // Rank `rank` of config.tp_size on device config.device + rank, through `comm` when
+  // tp_size > 1: weights, workspace and the warm-up. The KV pool and the graphs come after, from
+  // finish_start_up(kv_blocks_affordable()), since with several ranks the pool's size is the
+  // least any rank affords.
+  Impl(const Model& model, const CudaRunnerConfig& config, int64_t rank = 0,
+       cuda::NcclComm* comm = nullptr);
   ~Impl();
   void init(const DecoderParts& parts);
   void release_all();
+  bool sharded() const { return rc.tp_size > 1; }
+  // "" with one rank, else which rank and device a log line is about.
+  std::string who() const;
 
   Plan plan(std::span<const StepSeq> seqs) const;
   // Packs the plan's metadata (and the sampling rows' parameters) into staging[slot] at the
@@ -341,10 +417,19 @@ struct CudaModelRunner::Impl {
   Layout upload_plan(const Plan& p, std::span<const cuda::SampleRowParams> sample, int64_t slot);
   // Enqueues the forward over an uploaded layout; logits of its R rows end in act.logits.
   void enqueue_forward(const Layout& L);
+  // After a row-parallel GEMM (O, down): x holds this rank's partial sums; the ranks' sum is
+  // added to the residual and RMS-normed into out. One rank: the add + norm alone.
+  void allreduce_add_rms_norm(bf16* x, bf16* residual, const bf16* weight, bf16* out, int64_t T);
   // The forward of a planned step: a graph replay or the eager launches.
   void run_forward(const Plan& p, const Layout& L);
   void sync() { ATOM_CUDA_CHECK(cudaStreamSynchronize(stream)); }
+  // submit() = prepare() (host, once) + launch() (device work, on every rank) + the records.
   void submit(std::span<const StepSeq> seqs);
+  HostStep prepare(std::span<const StepSeq> seqs);
+  // This rank's launches of a prepared step, ending with events[slot]; throws on failure.
+  void launch(const HostStep& hs);
+  // Records a launched (or failed) step: the sequences' in-flight ids and the queue entry.
+  void record(const HostStep& hs, std::exception_ptr error);
   std::vector<int32_t> collect();
 
   // Start-up phases.
@@ -354,14 +439,23 @@ struct CudaModelRunner::Impl {
   cudaGraphExec_t capture(int64_t batch);
   void capture_graphs();
   size_t measure_graph_bytes();
-  void size_and_allocate_kv();
+  // KV blocks this rank's memory affords (rc.num_blocks when given); then the pool of `blocks`
+  // blocks and the graphs.
+  int64_t kv_blocks_affordable();
+  void finish_start_up(int64_t blocks);
+  int64_t affordable_blocks = 0;  // kv_blocks_affordable()'s answer, for the tests
   std::vector<int64_t> capture_sizes() const;
   // Grows the penalty buffers to hold `words`; synchronizes first (steps in flight read them).
   void reserve_extra(size_t words);
 };
 
-CudaModelRunner::Impl::Impl(const Model& model, const CudaRunnerConfig& config)
-    : rc(config), cfg(model.config()) {
+CudaModelRunner::Impl::Impl(const Model& model, const CudaRunnerConfig& config, int64_t tp_rank,
+                            cuda::NcclComm* tp_comm)
+    : rc(config), cfg(model.config()), rank(tp_rank), comm(tp_comm) {
+  rc.device = config.device + int(rank);
+  ATOM_ASSERT(rank >= 0 && rank < std::max<int64_t>(rc.tp_size, 1));
+  ATOM_ASSERT(!sharded() || comm != nullptr);
+  if (sharded()) layout = make_tp_layout(cfg, rc.tp_size, rank);
   const DecoderParts parts = decoder_parts(model);
   ATOM_CHECK(parts.weights != nullptr, kUnsupported,
              "device 'cuda' runs decoder models (Llama, Qwen3); {} is not one",
@@ -396,11 +490,17 @@ CudaModelRunner::Impl::Impl(const Model& model, const CudaRunnerConfig& config)
   }
 }
 
+std::string CudaModelRunner::Impl::who() const {
+  return sharded() ? fmt::format("tensor-parallel rank {} of {} (device {}): ", rank, rc.tp_size,
+                                 rc.device)
+                   : std::string();
+}
+
 void CudaModelRunner::Impl::init(const DecoderParts& parts) {
   const auto t0 = std::chrono::steady_clock::now();
   variant = parts.variant;
   d = make_dims(cfg, rc.block_size, rc.max_num_batched_tokens, rc.max_num_seqs,
-                rc.max_model_len);
+                rc.max_model_len, sharded() ? &layout : nullptr);
   ATOM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   gemm = std::make_unique<cuda::Gemm>();
 
@@ -409,8 +509,29 @@ void CudaModelRunner::Impl::init(const DecoderParts& parts) {
   ATOM_CUDA_CHECK(cudaMallocHost(&upload_pinned, kUploadBuffers * kUploadChunkBytes));
   for (cudaEvent_t& e : upload_done)
     ATOM_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-  embed = upload_matrix({&w.embed});
-  lm_head = w.lm_head.data == w.embed.data ? embed : upload_matrix({&w.lm_head});
+  if (sharded()) {
+    upload_shards(w);
+  } else {
+    embed = upload_matrix({&w.embed});
+    lm_head = w.lm_head.data == w.embed.data ? embed : upload_matrix({&w.lm_head});
+    for (const DecoderLayerWeights& L : w.layers) {
+      DeviceLayer dl{};
+      dl.attn_norm = upload(host_bf16(L.attn_norm));
+      dl.ffn_norm = upload(host_bf16(L.ffn_norm));
+      dl.q_norm = upload_or_null(L.q_norm);
+      dl.k_norm = upload_or_null(L.k_norm);
+      dl.qkv = L.qkv.data ? upload_matrix({&L.qkv}) : upload_matrix({&L.q, &L.k, &L.v});
+      dl.qkv_bias = upload_or_null(L.qkv_bias);
+      dl.o = upload_matrix({&L.o});
+      dl.o_bias = upload_or_null(L.o_bias);
+      dl.gate_up =
+          L.gate_up.data ? upload_matrix({&L.gate_up}) : upload_matrix({&L.gate, &L.up});
+      dl.gate_up_bias = upload_or_null(L.gate_up_bias);
+      dl.down = upload_matrix({&L.down});
+      dl.down_bias = upload_or_null(L.down_bias);
+      layers.push_back(dl);
+    }
+  }
   final_norm = upload(host_bf16(w.final_norm));
   ATOM_CHECK(parts.rope != nullptr && parts.rope->inv_freq.size() == size_t(cfg.rotary_dim / 2),
              kInternal, "rotary table of {} frequencies for rotary_dim {}",
@@ -420,23 +541,6 @@ void CudaModelRunner::Impl::init(const DecoderParts& parts) {
                              parts.rope->inv_freq.size() * sizeof(float),
                              cudaMemcpyHostToDevice));
   attention_factor = parts.rope->attention_factor;
-  for (const DecoderLayerWeights& L : w.layers) {
-    DeviceLayer dl{};
-    dl.attn_norm = upload(host_bf16(L.attn_norm));
-    dl.ffn_norm = upload(host_bf16(L.ffn_norm));
-    dl.q_norm = upload_or_null(L.q_norm);
-    dl.k_norm = upload_or_null(L.k_norm);
-    dl.qkv = L.qkv.data ? upload_matrix({&L.qkv}) : upload_matrix({&L.q, &L.k, &L.v});
-    dl.qkv_bias = upload_or_null(L.qkv_bias);
-    dl.o = upload_matrix({&L.o});
-    dl.o_bias = upload_or_null(L.o_bias);
-    dl.gate_up =
-        L.gate_up.data ? upload_matrix({&L.gate_up}) : upload_matrix({&L.gate, &L.up});
-    dl.gate_up_bias = upload_or_null(L.gate_up_bias);
-    dl.down = upload_matrix({&L.down});
-    dl.down_bias = upload_or_null(L.down_bias);
-    layers.push_back(dl);
-  }
   free_upload_staging();
   ATOM_CHECK(!variant.qk_norm || (layers.empty() || layers[0].q_norm != nullptr), kInternal,
              "a q/k-norm model without q/k norm weights");
@@ -446,8 +550,7 @@ void CudaModelRunner::Impl::init(const DecoderParts& parts) {
   carve_activations(measure, d, rc.max_model_len);
   Arena carve(device_alloc<char>(measure.used()));
   act = carve_activations(carve, d, rc.max_model_len);
-  const CudaMemoryPlan mp = cuda_memory_plan(cfg, rc.block_size, rc.max_num_batched_tokens,
-                                             rc.max_num_seqs, rc.max_model_len);
+  const CudaMemoryPlan mp = memory_plan(cfg, d, rc.block_size, rc.max_model_len);
   weight_bytes = mp.weight_bytes;
   workspace_bytes = mp.workspace_bytes;
   weights_memory = profiler::MemoryRecord("cuda weights", int64_t(weight_bytes), rc.device);
@@ -465,12 +568,66 @@ void CudaModelRunner::Impl::init(const DecoderParts& parts) {
   ATOM_CUDA_CHECK(cudaMemsetAsync(act.ids, 0, size_t(kRing * d.max_seqs) * sizeof(int32_t),
                                   stream));
   sync();
-  ATOM_LOG_INFO("CUDA runner: {:.2f} GiB of weights uploaded in {:.2f} s", weight_bytes / kGiB,
-                seconds_since(t0));
+  ATOM_LOG_INFO("{}CUDA runner: {:.2f} GiB of weights uploaded in {:.2f} s", who(),
+                weight_bytes / kGiB, seconds_since(t0));
 
   warm_up();
-  size_and_allocate_kv();
-  capture_graphs();
+}
+
+void CudaModelRunner::Impl::upload_shards(const DecoderWeights& w) {
+  const TpLayout& t = layout;
+  const int64_t D = d.D, H = d.H;
+  // Vocabulary rows [vocab_begin, vocab_begin + vocab_rows) of the padded vocabulary: the real
+  // ones, then zero rows (their logits are cut off before sampling).
+  auto vocab_rows = [&](const cpu::QMatrix& m) {
+    const int64_t real = std::clamp<int64_t>(t.vocab - t.vocab_begin, 0, t.vocab_rows);
+    return upload_rows({RowRange{&m, real > 0 ? t.vocab_begin : 0, real}}, 0, -1, t.vocab_rows);
+  };
+  embed = vocab_rows(w.embed);
+  lm_head = w.lm_head.data == w.embed.data ? embed : vocab_rows(w.lm_head);
+  const std::vector<std::pair<int64_t, int64_t>> qkv_rows = t.qkv_rows();
+  const std::vector<std::pair<int64_t, int64_t>> gate_up_rows = t.gate_up_rows();
+  for (const DecoderLayerWeights& L : w.layers) {
+    DeviceLayer dl{};
+    // Replicated: the norms (per hidden unit, per head dimension).
+    dl.attn_norm = upload(host_bf16(L.attn_norm));
+    dl.ffn_norm = upload(host_bf16(L.ffn_norm));
+    dl.q_norm = upload_or_null(L.q_norm);
+    dl.k_norm = upload_or_null(L.k_norm);
+    // Column-parallel: this rank's q heads, then its kv heads' k and v rows.
+    if (L.qkv.data) {
+      std::vector<RowRange> parts;
+      for (const auto& [first, count] : qkv_rows) parts.push_back(RowRange{&L.qkv, first, count});
+      dl.qkv = upload_rows(parts);
+    } else {
+      dl.qkv = upload_rows({RowRange{&L.q, t.q_head_begin * D, t.num_q_heads * D},
+                            RowRange{&L.k, t.kv_head_begin * D, t.num_kv_heads * D},
+                            RowRange{&L.v, t.kv_head_begin * D, t.num_kv_heads * D}});
+    }
+    dl.qkv_bias =
+        L.qkv_bias.empty() ? nullptr : upload(host_bf16(slice_vector(L.qkv_bias, qkv_rows)));
+    if (L.gate_up.data) {
+      std::vector<RowRange> parts;
+      for (const auto& [first, count] : gate_up_rows)
+        parts.push_back(RowRange{&L.gate_up, first, count});
+      dl.gate_up = upload_rows(parts);
+    } else {
+      dl.gate_up = upload_rows({RowRange{&L.gate, t.inter_begin, t.inter_size},
+                                RowRange{&L.up, t.inter_begin, t.inter_size}});
+    }
+    dl.gate_up_bias = L.gate_up_bias.empty()
+                          ? nullptr
+                          : upload(host_bf16(slice_vector(L.gate_up_bias, gate_up_rows)));
+    // Row-parallel: this rank's input columns; the bias is added once, by rank 0, since the
+    // ranks' outputs are summed.
+    const auto [o_first, o_count] = t.o_cols();
+    dl.o = upload_rows({RowRange{&L.o, 0, H}}, o_first, o_count);
+    dl.o_bias = rank == 0 ? upload_or_null(L.o_bias) : nullptr;
+    const auto [down_first, down_count] = t.down_cols();
+    dl.down = upload_rows({RowRange{&L.down, 0, H}}, down_first, down_count);
+    dl.down_bias = rank == 0 ? upload_or_null(L.down_bias) : nullptr;
+    layers.push_back(dl);
+  }
 }
 
 CudaModelRunner::Impl::~Impl() { release_all(); }
@@ -501,15 +658,29 @@ void CudaModelRunner::Impl::release_all() {
 }
 
 bf16* CudaModelRunner::Impl::upload_matrix(std::initializer_list<const cpu::QMatrix*> parts) {
+  std::vector<RowRange> ranges;
+  for (const cpu::QMatrix* m : parts) ranges.push_back(RowRange{m, 0, m->rows});
+  return upload_rows(ranges);
+}
+
+bf16* CudaModelRunner::Impl::upload_rows(const std::vector<RowRange>& parts, int64_t col_first,
+                                         int64_t col_count, int64_t total_rows) {
   int64_t rows = 0, cols = -1;
-  for (const cpu::QMatrix* m : parts) {
-    ATOM_CHECK(m->data != nullptr, kInternal, "a weight matrix to upload is missing");
-    ATOM_CHECK(cols < 0 || m->cols == cols, kInternal, "stacked parts of different widths");
-    cols = m->cols;
-    rows += m->rows;
+  for (const RowRange& p : parts) {
+    ATOM_CHECK(p.m->data != nullptr, kInternal, "a weight matrix to upload is missing");
+    ATOM_CHECK(cols < 0 || p.m->cols == cols, kInternal, "stacked parts of different widths");
+    ATOM_CHECK(p.first >= 0 && p.count >= 0 && p.first + p.count <= p.m->rows, kInternal,
+               "rows [{}, {}) of a {}-row weight", p.first, p.first + p.count, p.m->rows);
+    cols = p.m->cols;
+    rows += p.count;
   }
-  bf16* dst = device_alloc<bf16>(size_t(rows * cols));
-  const size_t row_bytes = size_t(cols) * sizeof(uint16_t);
+  if (col_count < 0) col_count = cols - col_first;
+  ATOM_CHECK(col_first >= 0 && col_count > 0 && col_first + col_count <= cols, kInternal,
+             "columns [{}, {}) of a {}-column weight", col_first, col_first + col_count, cols);
+  if (total_rows < 0) total_rows = rows;
+  ATOM_CHECK(total_rows >= rows, kInternal, "{} rows into a {}-row matrix", rows, total_rows);
+  bf16* dst = device_alloc<bf16>(size_t(total_rows * col_count));
+  const size_t row_bytes = size_t(col_count) * sizeof(uint16_t);
   const int64_t chunk_rows = std::max<int64_t>(1, int64_t(kUploadChunkBytes / row_bytes));
   ATOM_CHECK(size_t(chunk_rows) * row_bytes <= kUploadChunkBytes, kUnsupported,
              "a weight row of {} bytes exceeds the {} MiB upload chunk", row_bytes,
@@ -518,9 +689,9 @@ bf16* CudaModelRunner::Impl::upload_matrix(std::initializer_list<const cpu::QMat
   // others converted, in parallel) while the previous one is copied to the device, so the
   // upload runs at the host's copy rate rather than a pageable memcpy's.
   int64_t out_row = 0;
-  for (const cpu::QMatrix* m : parts) {
-    for (int64_t r0 = 0; r0 < m->rows; r0 += chunk_rows) {
-      const int64_t n = std::min(chunk_rows, m->rows - r0);
+  for (const RowRange& p : parts) {
+    for (int64_t r0 = 0; r0 < p.count; r0 += chunk_rows) {
+      const int64_t n = std::min(chunk_rows, p.count - r0);
       const int buf = int(upload_chunks++ % kUploadBuffers);
       ATOM_CUDA_CHECK(cudaEventSynchronize(upload_done[buf]));  // its last copy has finished
       uint16_t* staging = reinterpret_cast<uint16_t*>(static_cast<char*>(upload_pinned) +
@@ -530,14 +701,18 @@ bf16* CudaModelRunner::Impl::upload_matrix(std::initializer_list<const cpu::QMat
         std::vector<float> scratch;
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < n; ++r)
-          row_to_bf16(*m, r0 + r, staging + size_t(r * cols), scratch);
+          row_to_bf16(*p.m, p.first + r0 + r, col_first, col_count,
+                      staging + size_t(r * col_count), scratch);
       }
-      ATOM_CUDA_CHECK(cudaMemcpyAsync(dst + size_t(out_row * cols), staging, size_t(n) * row_bytes,
-                                      cudaMemcpyHostToDevice, stream));
+      ATOM_CUDA_CHECK(cudaMemcpyAsync(dst + size_t(out_row * col_count), staging,
+                                      size_t(n) * row_bytes, cudaMemcpyHostToDevice, stream));
       ATOM_CUDA_CHECK(cudaEventRecord(upload_done[buf], stream));
       out_row += n;
     }
   }
+  if (total_rows > rows)  // padding rows (a vocabulary shard past the real vocabulary)
+    ATOM_CUDA_CHECK(cudaMemsetAsync(dst + size_t(rows * col_count), 0,
+                                    size_t(total_rows - rows) * row_bytes, stream));
   return dst;
 }
 
@@ -652,8 +827,8 @@ void CudaModelRunner::Impl::warm_up() {
   sync();
   ATOM_CUDA_CHECK(cudaFree(kv_pool));
   kv_pool = nullptr;
-  ATOM_LOG_INFO("warm-up: a prefill of {} x {} tokens and a decode of {} sequences in {:.2f} s",
-                prefill.batch.num_seqs(), prefill.max_q_len, decode.batch.num_seqs(),
+  ATOM_LOG_INFO("{}warm-up: a prefill of {} x {} tokens and a decode of {} sequences in {:.2f} s",
+                who(), prefill.batch.num_seqs(), prefill.max_q_len, decode.batch.num_seqs(),
                 seconds_since(t0));
 }
 
@@ -696,7 +871,7 @@ size_t CudaModelRunner::Impl::measure_graph_bytes() {
   return std::max<size_t>(one, size_t(2) << 20) * sizes.size();
 }
 
-void CudaModelRunner::Impl::size_and_allocate_kv() {
+int64_t CudaModelRunner::Impl::kv_blocks_affordable() {
   const size_t block_bytes = size_t(2 * d.layers * rc.block_size * d.kv_size) * sizeof(bf16);
   int64_t blocks = rc.num_blocks;
   if (blocks == 0) {
@@ -719,22 +894,29 @@ void CudaModelRunner::Impl::size_and_allocate_kv() {
     blocks = kv_bytes > 0 ? int64_t(kv_bytes / double(block_bytes)) : 0;
     const double other = used - double(weight_bytes) - double(workspace_bytes);
     ATOM_LOG_INFO(
-        "GPU memory budget: {:.2f} GiB ({} of {:.2f} GiB): weights {:.2f} GiB, activations "
+        "{}GPU memory budget: {:.2f} GiB ({} of {:.2f} GiB): weights {:.2f} GiB, activations "
         "{:.2f} GiB, kernels and libraries {:.2f} GiB, CUDA graphs {:.2f} GiB, KV cache {} "
         "blocks = {:.2f} GiB = {} tokens",
-        budget / kGiB, rc.gpu_memory_utilization, double(total_bytes) / kGiB,
+        who(), budget / kGiB, rc.gpu_memory_utilization, double(total_bytes) / kGiB,
         double(weight_bytes) / kGiB, double(workspace_bytes) / kGiB, std::max(other, 0.0) / kGiB,
         double(graph_bytes) / kGiB, blocks, double(blocks) * double(block_bytes) / kGiB,
         blocks * rc.block_size);
     ATOM_CHECK(blocks > 0, kInvalidArgument,
-               "no GPU memory left for the KV cache: {:.2f} GiB of weights, {:.2f} GiB of "
+               "{}no GPU memory left for the KV cache: {:.2f} GiB of weights, {:.2f} GiB of "
                "activations and {:.2f} GiB of kernels and libraries exceed {} of the GPU's "
                "{:.2f} GiB, or the {:.2f} GiB still free; raise --gpu-memory-utilization or "
                "lower --max-num-batched-tokens / --max-num-seqs",
-               double(weight_bytes) / kGiB, double(workspace_bytes) / kGiB,
+               who(), double(weight_bytes) / kGiB, double(workspace_bytes) / kGiB,
                std::max(other, 0.0) / kGiB, rc.gpu_memory_utilization,
                double(total_bytes) / kGiB, double(free_bytes) / kGiB);
   }
+  affordable_blocks = blocks;
+  return blocks;
+}
+
+void CudaModelRunner::Impl::finish_start_up(int64_t blocks) {
+  ATOM_ASSERT(blocks > 0 && kv_pool == nullptr);
+  const size_t block_bytes = size_t(2 * d.layers * rc.block_size * d.kv_size) * sizeof(bf16);
   ATOM_CUDA_CHECK(cudaMalloc(&kv_pool, size_t(blocks) * block_bytes));
   kv_memory = profiler::MemoryRecord("cuda kv cache", int64_t(size_t(blocks) * block_bytes),
                                      rc.device);
@@ -742,12 +924,14 @@ void CudaModelRunner::Impl::size_and_allocate_kv() {
   point_layers_at_pool(blocks);
   sync();
   rc.num_blocks = blocks;
+  capture_graphs();
 }
 
 void CudaModelRunner::Impl::capture_graphs() {
   const std::vector<int64_t> sizes = capture_sizes();
   if (sizes.empty()) {
-    ATOM_LOG_INFO("CUDA graphs: off ({})", rc.enforce_eager ? "enforce-eager" : "no size fits");
+    ATOM_LOG_INFO("{}CUDA graphs: off ({})", who(),
+                  rc.enforce_eager ? "enforce-eager" : "no size fits");
     return;
   }
   const auto t0 = std::chrono::steady_clock::now();
@@ -759,7 +943,7 @@ void CudaModelRunner::Impl::capture_graphs() {
   ATOM_CUDA_CHECK(cudaMemGetInfo(&free_after, &total));
   std::string list;
   for (const int64_t b : sizes) list += (list.empty() ? "" : ",") + std::to_string(b);
-  ATOM_LOG_INFO("cudagraph capture[{}] cost: {:.2f} seconds, {:.1f} MiB", list,
+  ATOM_LOG_INFO("{}cudagraph capture[{}] cost: {:.2f} seconds, {:.1f} MiB", who(), list,
                 seconds_since(t0),
                 double(free_before > free_after ? free_before - free_after : 0) / (1 << 20));
 }
@@ -910,7 +1094,13 @@ void CudaModelRunner::Impl::enqueue_forward(const Layout& L) {
                                                                 L.max_seq_len);
   ATOM_ASSERT(ws_bytes <= act.attn_ws_bytes);
 
-  cuda::launch_embedding(embed, d.vocab, H, L.token_ids, act.residual, T, stream);  // [T, H]
+  if (sharded()) {  // vocabulary-parallel: this rank's rows, zeros for the others', summed
+    cuda::launch_vocab_shard_embedding(embed, layout.vocab_begin, d.vocab_local, H, L.token_ids,
+                                       act.residual, T, stream);  // [T, H]
+    comm->all_reduce_sum(act.residual, size_t(T * H), DType::kBF16, stream);
+  } else {
+    cuda::launch_embedding(embed, d.vocab, H, L.token_ids, act.residual, T, stream);  // [T, H]
+  }
   for (int64_t l = 0; l < d.layers; ++l) {
     const DeviceLayer& Ly = layers[size_t(l)];
     // Host time launching the layer's kernels; their GPU time is on the GPU rows.
@@ -919,9 +1109,8 @@ void CudaModelRunner::Impl::enqueue_forward(const Layout& L) {
     // --- attention block ---
     if (l == 0)
       cuda::launch_rms_norm(act.residual, Ly.attn_norm, act.h, T, H, eps, stream);
-    else  // residual += mlp_out; h = norm(residual)
-      cuda::launch_add_rms_norm(act.mlp_out, act.residual, Ly.attn_norm, act.h, T, H, eps,
-                                stream);
+    else  // residual += mlp_out (summed over the ranks); h = norm(residual)
+      allreduce_add_rms_norm(act.mlp_out, act.residual, Ly.attn_norm, act.h, T);
     gemm->launch(act.h, Ly.qkv, Ly.qkv_bias, act.qkv, T, d.qkv_size, H, stream);  // [T, q|k|v]
     // One launch: split, per-head q/k norm (Qwen3), RoPE, k and v into the cache; q [T, nh, D].
     const cuda::KvCacheWrite write{L.slots, Ly.k_cache, Ly.v_cache, kv_blocks * rc.block_size};
@@ -933,16 +1122,40 @@ void CudaModelRunner::Impl::enqueue_forward(const Layout& L) {
                           stream);  // [T, nh, D]
     gemm->launch(act.attn, Ly.o, Ly.o_bias, act.attn_out, T, H, d.q_size, stream);  // [T, H]
     // --- MLP block ---
-    cuda::launch_add_rms_norm(act.attn_out, act.residual, Ly.ffn_norm, act.h, T, H, eps, stream);
+    allreduce_add_rms_norm(act.attn_out, act.residual, Ly.ffn_norm, act.h, T);
     gemm->launch(act.h, Ly.gate_up, Ly.gate_up_bias, act.gate_up, T, 2 * I, H, stream);
     cuda::launch_silu_and_mul(act.gate_up, act.act, T, I, stream);             // [T, I]
     gemm->launch(act.act, Ly.down, Ly.down_bias, act.mlp_out, T, H, I, stream);  // [T, H]
   }
   // Final norm, then the LM head only for the rows that need logits.
-  cuda::launch_add_rms_norm(act.mlp_out, act.residual, final_norm, act.h, T, H, eps, stream);
+  allreduce_add_rms_norm(act.mlp_out, act.residual, final_norm, act.h, T);
   cuda::launch_embedding(act.h, T, H, L.logits_rows, act.selected, R, stream);  // [R, H]
-  gemm->launch(act.selected, lm_head, static_cast<const float*>(nullptr), act.logits, R, d.vocab,
-               H, stream);  // [R, vocab] f32
+  if (!sharded()) {
+    gemm->launch(act.selected, lm_head, static_cast<const float*>(nullptr), act.logits, R,
+                 d.vocab, H, stream);  // [R, vocab] f32
+  } else if (R > 0) {  // every rank has the same R: all skip the collective or none does
+    // Vocabulary-parallel: this rank's logits [R, vocab_local] go to its slot of the shards
+    // [tp, R, vocab_local], which the all-gather fills in place; then dense rows [R, vocab].
+    float* mine = act.shards + size_t(rank * R * d.vocab_local);
+    gemm->launch(act.selected, lm_head, static_cast<const float*>(nullptr), mine, R,
+                 d.vocab_local, H, stream);
+    comm->all_gather(mine, act.shards, size_t(R * d.vocab_local), DType::kF32, stream);
+    cuda::launch_merge_vocab_shards(act.shards, d.tp, R, d.vocab_local, d.vocab, act.logits,
+                                    stream);
+  }
+}
+
+void CudaModelRunner::Impl::allreduce_add_rms_norm(bf16* x, bf16* residual, const bf16* weight,
+                                                   bf16* out, int64_t T) {
+  // x: [T, H], this rank's partial sums of a row-parallel GEMM; residual: [T, H] (updated);
+  // out: [T, H] = rms_norm(residual + sum over ranks of x) * weight.
+  // This function is where a fused all-reduce + residual add + RMSNorm kernel (SPEC 4.5)
+  // plugs in: with several ranks and rc.allreduce_rms_norm_fusion set, its single launch on
+  // these arguments (and comm, stream, eps) replaces the two launches below. No such kernel is
+  // built yet, so every setting runs NCCL's in-place all-reduce (f32 additions, rounded to
+  // bf16), then the add + norm kernel of the single-GPU path.
+  if (sharded()) comm->all_reduce_sum(x, size_t(T * d.H), DType::kBF16, stream);
+  cuda::launch_add_rms_norm(x, residual, weight, out, T, d.H, float(cfg.rms_norm_eps), stream);
 }
 
 void CudaModelRunner::Impl::run_forward(const Plan& p, const Layout& L) {
@@ -980,24 +1193,33 @@ void CudaModelRunner::Impl::reserve_extra(size_t words) {
 }
 
 void CudaModelRunner::Impl::submit(std::span<const StepSeq> seqs) {
-  // The engine thread is not the one that built the runner: make its device current.
-  ATOM_CUDA_CHECK(cudaSetDevice(rc.device));
+  const HostStep hs = prepare(seqs);  // a bad plan throws here, before anything is recorded
+  std::exception_ptr error;
+  try {
+    launch(hs);
+  } catch (...) {
+    error = std::current_exception();
+  }
+  record(hs, error);
+}
+
+CudaModelRunner::Impl::HostStep CudaModelRunner::Impl::prepare(std::span<const StepSeq> seqs) {
   ATOM_CHECK(int64_t(inflight.size()) < kRing - 1, kInternal,
              "{} steps in flight: the CUDA runner keeps at most {}", inflight.size(), kRing - 1);
-  const int64_t number = num_submitted;
-  const int64_t slot = number % kRing;
-  const Plan p = [&] {  // a bad plan throws here, before anything is recorded
+  HostStep hs;
+  hs.number = num_submitted;
+  hs.slot = hs.number % kRing;
+  hs.plan = [&] {
     profiler::Scope scope("plan", "runner", {{"seqs", int64_t(seqs.size())}});
     return plan(seqs);
   }();
   // Sampling rows: parameters, penalty rows (distinct tokens seen, the in-flight one read on the
   // device) and min_tokens masks.
-  std::vector<const StepSeq*> sampling;
-  std::vector<cuda::SampleRowParams> sample;
-  std::vector<cuda::PenaltyRowParams> pen_rows;
-  std::vector<cuda::PenaltyEntry> pen_entries;
-  std::vector<int32_t> stop_ids;
-  bool all_greedy = true;
+  std::vector<cuda::SampleRowParams>& sample = hs.sample;
+  std::vector<cuda::PenaltyRowParams>& pen_rows = hs.pen_rows;
+  std::vector<cuda::PenaltyEntry>& pen_entries = hs.pen_entries;
+  std::vector<int32_t>& stop_ids = hs.stop_ids;
+  bool& all_greedy = hs.all_greedy;
   for (const StepSeq& s : seqs) {
     if (!s.sample) continue;
     auto it = seqs_state.find(s.seq_id);
@@ -1012,7 +1234,7 @@ void CudaModelRunner::Impl::submit(std::span<const StepSeq> seqs) {
     }
     SeqState& st = it->second;
     const SamplingParams& sp = st.params;
-    const int64_t row = int64_t(sampling.size());
+    const int64_t row = int64_t(hs.sampled_seqs.size());
     const int64_t num_output = int64_t(s.token_ids.size()) - s.num_prompt_tokens;
     cuda::SampleRowParams r{};
     r.temperature = sp.greedy() ? 0.0f : sp.temperature;
@@ -1064,62 +1286,74 @@ void CudaModelRunner::Impl::submit(std::span<const StepSeq> seqs) {
       pen_rows.push_back(pr);
     }
     sample.push_back(r);
-    sampling.push_back(&s);
+    hs.sampled_seqs.push_back(s.seq_id);
   }
+  return hs;
+}
+
+void CudaModelRunner::Impl::launch(const HostStep& hs) {
+  // The calling thread is not necessarily the one that built the runner: make its device current.
+  ATOM_CUDA_CHECK(cudaSetDevice(rc.device));
+  const Plan& p = hs.plan;
+  const int64_t slot = hs.slot;
+  const Layout L =
+      upload_plan(p, hs.all_greedy ? std::span<const cuda::SampleRowParams>{}
+                                   : std::span<const cuda::SampleRowParams>(hs.sample),
+                  slot);
+  {
+    profiler::Scope scope("forward", "runner",
+                          {{"tokens", p.batch.num_tokens()}, {"seqs", p.batch.num_seqs()}});
+    run_forward(p, L);
+  }
+  int32_t* ids_d = act.ids + slot * d.max_seqs;
+  const int64_t R = int64_t(hs.sampled_seqs.size());
+  profiler::Scope sample_scope("sample", "runner", {{"rows", R}});
+  const std::vector<cuda::PenaltyRowParams>& pen_rows = hs.pen_rows;
+  const std::vector<cuda::PenaltyEntry>& pen_entries = hs.pen_entries;
+  const std::vector<int32_t>& stop_ids = hs.stop_ids;
+  if (!pen_rows.empty()) {
+    // [rows][entries][stop ids], one upload.
+    constexpr size_t kRowWords = sizeof(cuda::PenaltyRowParams) / sizeof(int32_t);
+    constexpr size_t kEntryWords = sizeof(cuda::PenaltyEntry) / sizeof(int32_t);
+    const size_t words =
+        pen_rows.size() * kRowWords + pen_entries.size() * kEntryWords + stop_ids.size();
+    reserve_extra(words);
+    int32_t* h = extra_staging[slot];
+    std::memcpy(h, pen_rows.data(), pen_rows.size() * sizeof(cuda::PenaltyRowParams));
+    size_t at = pen_rows.size() * kRowWords;
+    const size_t entries_at = at;
+    if (!pen_entries.empty())
+      std::memcpy(h + at, pen_entries.data(), pen_entries.size() * sizeof(cuda::PenaltyEntry));
+    at += pen_entries.size() * kEntryWords;
+    const size_t stops_at = at;
+    if (!stop_ids.empty()) std::memcpy(h + at, stop_ids.data(), stop_ids.size() * 4);
+    ATOM_CUDA_CHECK(cudaMemcpyAsync(extra_device, h, words * sizeof(int32_t),
+                                    cudaMemcpyHostToDevice, stream));
+    cuda::launch_apply_penalties(
+        act.logits, d.vocab, reinterpret_cast<const cuda::PenaltyRowParams*>(extra_device),
+        int64_t(pen_rows.size()),
+        reinterpret_cast<const cuda::PenaltyEntry*>(extra_device + entries_at), act.ids,
+        extra_device + stops_at, stream);
+  }
+  if (R > 0) {
+    if (hs.all_greedy)
+      cuda::launch_argmax(act.logits, ids_d, R, d.vocab, stream);
+    else
+      cuda::launch_sample(act.logits, R, d.vocab, L.sample, ids_d, stream);
+    ATOM_CUDA_CHECK(cudaMemcpyAsync(host_ids[slot], ids_d, size_t(R) * sizeof(int32_t),
+                                    cudaMemcpyDeviceToHost, stream));
+  }
+  ATOM_CUDA_CHECK(cudaEventRecord(events[slot], stream));
+}
+
+void CudaModelRunner::Impl::record(const HostStep& hs, std::exception_ptr error) {
   Step step;
-  step.number = number;
-  step.num_sampled = sampling.size();
-  try {
-    const Layout L = upload_plan(p, all_greedy ? std::span<const cuda::SampleRowParams>{}
-                                               : std::span<const cuda::SampleRowParams>(sample),
-                                 slot);
-    {
-      profiler::Scope scope("forward", "runner",
-                            {{"tokens", p.batch.num_tokens()}, {"seqs", p.batch.num_seqs()}});
-      run_forward(p, L);
-    }
-    int32_t* ids_d = act.ids + slot * d.max_seqs;
-    const int64_t R = int64_t(sampling.size());
-    profiler::Scope sample_scope("sample", "runner", {{"rows", R}});
-    if (!pen_rows.empty()) {
-      // [rows][entries][stop ids], one upload.
-      constexpr size_t kRowWords = sizeof(cuda::PenaltyRowParams) / sizeof(int32_t);
-      constexpr size_t kEntryWords = sizeof(cuda::PenaltyEntry) / sizeof(int32_t);
-      const size_t words =
-          pen_rows.size() * kRowWords + pen_entries.size() * kEntryWords + stop_ids.size();
-      reserve_extra(words);
-      int32_t* h = extra_staging[slot];
-      std::memcpy(h, pen_rows.data(), pen_rows.size() * sizeof(cuda::PenaltyRowParams));
-      size_t at = pen_rows.size() * kRowWords;
-      const size_t entries_at = at;
-      if (!pen_entries.empty())
-        std::memcpy(h + at, pen_entries.data(), pen_entries.size() * sizeof(cuda::PenaltyEntry));
-      at += pen_entries.size() * kEntryWords;
-      const size_t stops_at = at;
-      if (!stop_ids.empty()) std::memcpy(h + at, stop_ids.data(), stop_ids.size() * 4);
-      ATOM_CUDA_CHECK(cudaMemcpyAsync(extra_device, h, words * sizeof(int32_t),
-                                      cudaMemcpyHostToDevice, stream));
-      cuda::launch_apply_penalties(
-          act.logits, d.vocab, reinterpret_cast<const cuda::PenaltyRowParams*>(extra_device),
-          int64_t(pen_rows.size()),
-          reinterpret_cast<const cuda::PenaltyEntry*>(extra_device + entries_at), act.ids,
-          extra_device + stops_at, stream);
-    }
-    if (R > 0) {
-      if (all_greedy)
-        cuda::launch_argmax(act.logits, ids_d, R, d.vocab, stream);
-      else
-        cuda::launch_sample(act.logits, R, d.vocab, L.sample, ids_d, stream);
-      ATOM_CUDA_CHECK(cudaMemcpyAsync(host_ids[slot], ids_d, size_t(R) * sizeof(int32_t),
-                                      cudaMemcpyDeviceToHost, stream));
-    }
-    ATOM_CUDA_CHECK(cudaEventRecord(events[slot], stream));
-    step.done = events[slot];
-  } catch (...) {
-    step.error = std::current_exception();
-  }
-  for (size_t row = 0; row < sampling.size(); ++row)
-    last_id[sampling[row]->seq_id] = IdRecord{number, int64_t(row)};
+  step.number = hs.number;
+  step.num_sampled = hs.sampled_seqs.size();
+  step.error = error;
+  if (!error) step.done = events[hs.slot];
+  for (size_t row = 0; row < hs.sampled_seqs.size(); ++row)
+    last_id[hs.sampled_seqs[row]] = IdRecord{hs.number, int64_t(row)};
   inflight.push_back(step);
   ++num_submitted;
 }
@@ -1145,27 +1379,288 @@ std::vector<int32_t> CudaModelRunner::Impl::collect() {
   return std::vector<int32_t>(ids, ids + step.num_sampled);
 }
 
-CudaModelRunner::CudaModelRunner(const Model& model, const CudaRunnerConfig& config)
-    : impl_(std::make_unique<Impl>(model, config)) {}
+// --- tensor parallelism: the ranks' threads and the group ---
 
-CudaModelRunner::~CudaModelRunner() = default;
+namespace {
+
+// A thread that runs one job at a time for one rank, with that rank's device current.
+class RankWorker {
+ public:
+  explicit RankWorker(int device) : device_(device), thread_([this] { loop(); }) {}
+  ~RankWorker() {
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  RankWorker(const RankWorker&) = delete;
+  RankWorker& operator=(const RankWorker&) = delete;
+
+  void post(std::function<void()> job) {
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      ATOM_ASSERT(done_ && !job_);
+      job_ = std::move(job);
+      done_ = false;
+      error_ = nullptr;
+    }
+    cv_.notify_all();
+  }
+  // Whether the posted job has run, waiting up to `timeout` for it.
+  bool wait_for(std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(m_);
+    return cv_.wait_for(lock, timeout, [&] { return done_; });
+  }
+  // What the finished job threw, if anything.
+  std::exception_ptr error() {
+    std::lock_guard<std::mutex> lock(m_);
+    return error_;
+  }
+
+ private:
+  void loop() {
+    std::unique_lock<std::mutex> lock(m_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stop_ || job_; });
+      if (!job_) return;  // stopping, nothing left to run
+      std::function<void()> job = std::move(job_);
+      job_ = nullptr;
+      lock.unlock();
+      std::exception_ptr error;
+      try {
+        ATOM_CUDA_CHECK(cudaSetDevice(device_));
+        job();
+      } catch (...) {
+        error = std::current_exception();
+      }
+      lock.lock();
+      error_ = error;
+      done_ = true;
+      cv_.notify_all();
+    }
+  }
+
+  const int device_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::function<void()> job_;
+  bool done_ = true, stop_ = false;
+  std::exception_ptr error_;
+  std::thread thread_;  // last: it starts once the members above exist
+};
+
+// After one rank has failed, how long the others get to finish on their own before the group's
+// communicators are aborted (a rank blocked on a collective the failed one never joins would
+// wait forever).
+constexpr std::chrono::milliseconds kAbortGrace{2000};
+
+}  // namespace
+
+struct CudaModelRunner::TpGroup {
+  int64_t tp = 0;
+  std::vector<Impl*> impls;                            // [tp]: rank 0 is CudaModelRunner::impl_
+  std::vector<std::unique_ptr<Impl>> others;           // [tp]: ranks 1 .. tp - 1 own theirs here
+  std::vector<std::unique_ptr<cuda::NcclComm>> comms;  // [tp]
+  std::vector<std::unique_ptr<RankWorker>> workers;    // [tp]
+  std::vector<int64_t> kv_blocks;                      // [tp]: what each rank's memory affords
+  std::vector<std::vector<int32_t>> last_ids;          // [tp]: the last collected step's ids
+  std::mutex comms_mutex;  // comms: each rank stores its own while abort_all may read them
+  bool broken = false;     // a rank failed: the ranks may disagree on what ran; no more steps
+
+  // fn(r) on every rank's thread at once; returns when all have run. When a rank throws, the
+  // group is broken, and the ranks still running after kAbortGrace get their communicators
+  // aborted so they return; the lowest rank's error is rethrown. A communicator still being
+  // made cannot be aborted: what can be refused (devices, shapes, NCCL) is refused before.
+  void run(const std::function<void(int64_t)>& fn) {
+    ATOM_CHECK(!broken, kInternal,
+               "tensor-parallel runner: a rank failed in an earlier step, so the ranks may no "
+               "longer agree; the runner runs no more steps");
+    for (int64_t r = 0; r < tp; ++r) workers[size_t(r)]->post([&fn, r] { fn(r); });
+    std::vector<std::exception_ptr> errors(static_cast<size_t>(tp));
+    std::vector<bool> done(static_cast<size_t>(tp), false);
+    std::optional<std::chrono::steady_clock::time_point> failed_at;
+    bool aborted = false;
+    for (int64_t left = tp; left > 0;) {
+      for (int64_t r = 0; r < tp; ++r) {
+        if (done[size_t(r)] || !workers[size_t(r)]->wait_for(std::chrono::milliseconds(10)))
+          continue;
+        done[size_t(r)] = true;
+        --left;
+        errors[size_t(r)] = workers[size_t(r)]->error();
+        if (errors[size_t(r)] && !failed_at) failed_at = std::chrono::steady_clock::now();
+      }
+      if (failed_at && !aborted && left > 0 &&
+          std::chrono::steady_clock::now() - *failed_at > kAbortGrace) {
+        abort_all();
+        aborted = true;
+      }
+    }
+    if (failed_at) broken = true;
+    for (const std::exception_ptr& e : errors)
+      if (e) std::rethrow_exception(e);
+  }
+
+  void abort_all() {
+    std::lock_guard<std::mutex> lock(comms_mutex);
+    for (const std::unique_ptr<cuda::NcclComm>& c : comms)
+      if (c) c->abort();
+  }
+
+  // Every rank's runner, then the communicators (destroying them is collective among a node's
+  // ranks), each on its rank's thread; then the threads. Errors are dropped: nothing is left to
+  // report them to.
+  void destroy(std::unique_ptr<Impl>& rank0) {
+    auto each = [&](const std::function<void(int64_t)>& fn) {
+      for (int64_t r = 0; r < tp; ++r)
+        if (workers[size_t(r)]) workers[size_t(r)]->post([&fn, r] { fn(r); });
+      for (int64_t r = 0; r < tp; ++r)
+        if (workers[size_t(r)])
+          while (!workers[size_t(r)]->wait_for(std::chrono::milliseconds(100))) {
+          }
+    };
+    each([&](int64_t r) {
+      if (r == 0)
+        rank0.reset();
+      else
+        others[size_t(r)].reset();
+    });
+    each([&](int64_t r) {
+      std::unique_ptr<cuda::NcclComm> c;
+      {
+        std::lock_guard<std::mutex> lock(comms_mutex);
+        c = std::move(comms[size_t(r)]);
+      }
+      c.reset();
+    });
+    workers.clear();
+  }
+};
+
+CudaModelRunner::CudaModelRunner(const Model& model, const CudaRunnerConfig& config) {
+  ATOM_CHECK(config.tp_size >= 1, kInvalidArgument,
+             "--tensor-parallel-size must be at least 1, got {}", config.tp_size);
+  if (config.tp_size == 1) {  // one GPU: no NCCL, no threads
+    impl_ = std::make_unique<Impl>(model, config);
+    impl_->finish_start_up(impl_->kv_blocks_affordable());
+    return;
+  }
+  const int64_t tp = config.tp_size;
+  // Everything that can be refused is refused before any rank starts (see TpGroup::run).
+  (void)make_tp_layout(model.config(), tp, 0);  // heads, kv heads and MLP split over tp ranks
+  const int visible = cuda_device_count();
+  ATOM_CHECK(config.device >= 0 && config.device + tp <= visible, kInvalidArgument,
+             "--tensor-parallel-size {} needs {} GPUs (devices {} to {}), but {} CUDA devices "
+             "are visible",
+             tp, tp, config.device, config.device + tp - 1, visible);
+  ATOM_CHECK(cuda::nccl_available(), kUnsupported,
+             "--tensor-parallel-size {}: tensor parallelism needs NCCL, and this build of atom "
+             "has none: install NCCL (nccl.h, libnccl) and configure again (-DNCCL_ROOT=<prefix> "
+             "if it is not in a system path)",
+             tp);
+  const auto t0 = std::chrono::steady_clock::now();
+  tp_ = std::make_unique<TpGroup>();
+  TpGroup& g = *tp_;
+  g.tp = tp;
+  g.impls.assign(size_t(tp), nullptr);
+  g.others.resize(size_t(tp));
+  g.comms.resize(size_t(tp));
+  g.kv_blocks.assign(size_t(tp), 0);
+  g.workers.resize(size_t(tp));
+  try {
+    for (int64_t r = 0; r < tp; ++r)
+      g.workers[size_t(r)] = std::make_unique<RankWorker>(config.device + int(r));
+    // Rank 0 makes the group's id; every rank joins with it, then loads its shard and warms up
+    // (the warm-up runs the collectives, so all ranks at once).
+    const std::vector<uint8_t> id = cuda::nccl_unique_id();
+    g.run([&](int64_t r) {
+      auto comm = std::make_unique<cuda::NcclComm>(id, int(tp), int(r));
+      cuda::NcclComm* c = comm.get();
+      {
+        std::lock_guard<std::mutex> lock(g.comms_mutex);
+        g.comms[size_t(r)] = std::move(comm);
+      }
+      auto impl = std::make_unique<Impl>(model, config, r, c);
+      g.impls[size_t(r)] = impl.get();
+      if (r == 0)
+        impl_ = std::move(impl);
+      else
+        g.others[size_t(r)] = std::move(impl);
+    });
+    // One block count for the engine: the least any rank affords.
+    g.run([&](int64_t r) { g.kv_blocks[size_t(r)] = g.impls[size_t(r)]->kv_blocks_affordable(); });
+    const int64_t blocks = *std::min_element(g.kv_blocks.begin(), g.kv_blocks.end());
+    g.run([&](int64_t r) { g.impls[size_t(r)]->finish_start_up(blocks); });
+    std::string per_rank;
+    for (const int64_t b : g.kv_blocks)
+      per_rank += (per_rank.empty() ? "" : ", ") + std::to_string(b);
+    ATOM_LOG_INFO(
+        "tensor parallelism: {} ranks on devices {} to {}, ready in {:.2f} s; KV blocks each "
+        "rank affords: {}; every rank's pool holds {}; all-reduce then add + RMSNorm as two "
+        "launches{}",
+        tp, config.device, config.device + tp - 1, seconds_since(t0), per_rank, blocks,
+        config.allreduce_rms_norm_fusion ? " (the fused kernel asked for is not built)" : "");
+  } catch (...) {
+    g.destroy(impl_);  // a constructor that throws runs no destructor
+    throw;
+  }
+}
+
+CudaModelRunner::~CudaModelRunner() {
+  if (tp_) tp_->destroy(impl_);
+}
 
 std::vector<int32_t> CudaModelRunner::execute(std::span<const StepSeq> seqs) {
   check_execute(seqs);
   if (seqs.empty()) return {};
-  impl_->submit(seqs);
-  return impl_->collect();
+  submit(seqs);
+  return collect();
 }
 
-void CudaModelRunner::submit(std::span<const StepSeq> seqs) { impl_->submit(seqs); }
+void CudaModelRunner::submit(std::span<const StepSeq> seqs) {
+  if (!tp_) {
+    impl_->submit(seqs);
+    return;
+  }
+  // The host work once (rank 0 keeps the sequences' state), the launches on every rank.
+  const Impl::HostStep hs = impl_->prepare(seqs);
+  std::exception_ptr error;
+  try {
+    tp_->run([&](int64_t r) { tp_->impls[size_t(r)]->launch(hs); });
+  } catch (...) {
+    error = std::current_exception();
+  }
+  impl_->record(hs, error);
+}
 
-std::vector<int32_t> CudaModelRunner::collect() { return impl_->collect(); }
+std::vector<int32_t> CudaModelRunner::collect() {
+  if (!tp_) return impl_->collect();
+  ATOM_CHECK(!impl_->inflight.empty(), kInternal, "collect() with no step in flight");
+  const int64_t number = impl_->inflight.front().number;
+  std::vector<int32_t> ids = impl_->collect();  // rank 0's; rethrows a step that failed
+  // Launched on every rank: each rank's step is done once its own event is, and each must have
+  // sampled the same ids (the same gathered logits, parameters and seeds).
+  const int64_t slot = number % kRing;
+  tp_->last_ids.assign(size_t(tp_->tp), {});
+  tp_->last_ids[0] = ids;
+  for (int64_t r = 1; r < tp_->tp; ++r) {
+    const Impl& k = *tp_->impls[size_t(r)];
+    ATOM_CUDA_CHECK(cudaEventSynchronize(k.events[slot]));
+    const int32_t* theirs = k.host_ids[slot];
+    tp_->last_ids[size_t(r)].assign(theirs, theirs + ids.size());
+    ATOM_CHECK(tp_->last_ids[size_t(r)] == ids, kInternal,
+               "tensor-parallel rank {} sampled other ids than rank 0 in step {}", r, number);
+  }
+  return ids;
+}
 
 int64_t CudaModelRunner::num_in_flight() const { return int64_t(impl_->inflight.size()); }
 
 void CudaModelRunner::release(int64_t seq_id) {
   // Sampling state is read on this thread at submit, so nothing in flight still needs it; a
-  // step in flight gathers on the device, from ids it does not look up here.
+  // step in flight gathers on the device, from ids it does not look up here. With several
+  // ranks, rank 0 keeps the only copy.
   impl_->seqs_state.erase(seq_id);
   impl_->last_id.erase(seq_id);
 }
@@ -1181,14 +1676,31 @@ std::vector<float> CudaModelRunner::forward_logits(std::span<const StepSeq> seqs
                "sequence {} has a token in flight: only submit() can run it", s.seq_id);
   const Impl::Plan p = impl_->plan(seqs);
   const int64_t slot = impl_->num_submitted % kRing;
-  const Impl::Layout L = impl_->upload_plan(p, {}, slot);
-  impl_->run_forward(p, L);
   const size_t n = p.batch.logits_indices.size() * size_t(impl_->d.vocab);
-  std::vector<float> logits(n);
-  ATOM_CUDA_CHECK(cudaMemcpyAsync(logits.data(), impl_->act.logits, n * sizeof(float),
-                                  cudaMemcpyDeviceToHost, impl_->stream));
-  impl_->sync();
-  return logits;
+  if (!tp_) {
+    const Impl::Layout L = impl_->upload_plan(p, {}, slot);
+    impl_->run_forward(p, L);
+    std::vector<float> logits(n);
+    ATOM_CUDA_CHECK(cudaMemcpyAsync(logits.data(), impl_->act.logits, n * sizeof(float),
+                                    cudaMemcpyDeviceToHost, impl_->stream));
+    impl_->sync();
+    return logits;
+  }
+  // Every rank runs the step; all must end with the same gathered logits.
+  std::vector<std::vector<float>> logits(size_t(tp_->tp), std::vector<float>(n));
+  tp_->run([&](int64_t r) {
+    Impl& k = *tp_->impls[size_t(r)];
+    const Impl::Layout L = k.upload_plan(p, {}, slot);
+    k.run_forward(p, L);
+    ATOM_CUDA_CHECK(cudaMemcpyAsync(logits[size_t(r)].data(), k.act.logits, n * sizeof(float),
+                                    cudaMemcpyDeviceToHost, k.stream));
+    k.sync();
+  });
+  for (int64_t r = 1; r < tp_->tp; ++r)
+    ATOM_CHECK(n == 0 || std::memcmp(logits[size_t(r)].data(), logits[0].data(),
+                                     n * sizeof(float)) == 0,
+               kInternal, "tensor-parallel rank {} ended a step with other logits than rank 0", r);
+  return std::move(logits[0]);
 }
 
 std::vector<int64_t> CudaModelRunner::graph_sizes() const {
@@ -1200,5 +1712,15 @@ std::vector<int64_t> CudaModelRunner::graph_sizes() const {
 int64_t CudaModelRunner::num_graph_steps() const { return impl_->graph_steps; }
 
 int64_t CudaModelRunner::num_eager_steps() const { return impl_->eager_steps; }
+
+int64_t CudaModelRunner::tp_size() const { return tp_ ? tp_->tp : 1; }
+
+std::vector<int64_t> CudaModelRunner::kv_blocks_by_rank() const {
+  return tp_ ? tp_->kv_blocks : std::vector<int64_t>{impl_->affordable_blocks};
+}
+
+std::vector<std::vector<int32_t>> CudaModelRunner::last_ids_by_rank() const {
+  return tp_ ? tp_->last_ids : std::vector<std::vector<int32_t>>{};
+}
 
 }  // namespace atom

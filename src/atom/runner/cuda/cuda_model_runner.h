@@ -31,6 +31,20 @@
 // slot per live sequence), so a decode input that is a placeholder for a token still being
 // computed is gathered there by the step itself, as ATOM does.
 //
+// Tensor parallelism (SPEC 4.1, CudaRunnerConfig::tp_size > 1): one runner spans tp GPUs,
+// devices device .. device + tp - 1, in this process. Each rank has a worker thread with its
+// device current, its own stream, its shard of the weights (models/tp_layout.h: column-parallel
+// QKV and gate_up, row-parallel O and down, vocabulary-parallel embedding and LM head with the
+// vocabulary padded, KV heads replicated when there are fewer than ranks), its KV pool of its
+// own KV heads and its own CUDA graphs, the NCCL collectives captured inside them. The ranks
+// all-reduce the [T, H] outputs of the row-parallel GEMMs and of the embedding (bf16), then
+// all-gather the LM head's logits; every rank samples the same gathered logits with the same
+// parameters and seeds, so every rank holds the same ids for the next step's inputs without a
+// broadcast in the step (collect() checks that the ranks agree). Host work (planning, sampling
+// parameters, penalties, in-flight ids) is done once, by rank 0; the ranks only launch. The
+// KV pool holds the same number of blocks on every rank: the fewest any rank's memory affords.
+// With tp_size == 1 none of this exists: no NCCL, no threads, one stream, the same launches.
+//
 // This header names no CUDA type, so the engine includes it without the CUDA toolkit's headers.
 #pragma once
 
@@ -56,7 +70,15 @@ struct CudaRunnerConfig {
   bool enforce_eager = false;              // no CUDA graphs
   // Decode batch sizes to capture (ATOM's default list); sizes above max_num_seqs are dropped.
   std::vector<int64_t> cudagraph_capture_sizes = {1, 2, 4, 8, 16, 32, 48, 64, 128, 256};
-  int device = 0;  // CUDA device ordinal
+  int device = 0;  // CUDA device ordinal of tensor-parallel rank 0 (a DP replica's base device)
+  // GPUs the model is split over (tensor parallelism): devices device .. device + tp_size - 1.
+  // > 1 needs a build with NCCL.
+  int64_t tp_size = 1;
+  // ATOM_ENABLE_ALLREDUCE_RMSNORM_FUSION (SPEC 4.5): with tp_size > 1, run each all-reduce of a
+  // row-parallel output and the residual add + RMSNorm after it as one fused kernel where one
+  // exists (CudaModelRunner's allreduce_add_rms_norm), else as the NCCL all-reduce and then the
+  // add + RMSNorm kernel.
+  bool allreduce_rms_norm_fusion = true;
 };
 
 // Device memory the runner needs besides the KV pool and the graphs.
@@ -100,9 +122,18 @@ class CudaModelRunner final : public Runner {
   int64_t num_graph_steps() const;
   int64_t num_eager_steps() const;
 
+  // Tensor parallelism: the ranks, the KV blocks each rank's memory afforded at start-up (the
+  // pool of every rank holds num_blocks(), the least of them), and the ids each rank sampled in
+  // the last step collect() returned, rank by rank (tests check that they agree).
+  int64_t tp_size() const;
+  std::vector<int64_t> kv_blocks_by_rank() const;
+  std::vector<std::vector<int32_t>> last_ids_by_rank() const;
+
  private:
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
+  struct Impl;     // one rank: its device, stream, weights, KV pool, graphs
+  struct TpGroup;  // the ranks, their threads and communicators (tp_size > 1 only)
+  std::unique_ptr<Impl> impl_;   // rank 0, which also keeps the host state of the steps
+  std::unique_ptr<TpGroup> tp_;  // null with one GPU
 };
 
 }  // namespace atom
