@@ -1,4 +1,5 @@
-// CUDA paged attention (bf16) against the CPU op and a contiguous reference, over awkward sizes:
+// CUDA paged attention (bf16, and fp8 e4m3 caches with per-tensor scales) against the CPU op and a
+// contiguous reference, over awkward sizes:
 // context lengths 1, 17, 54, 97, 1000+ and 4096; batches of 1 to 300 sequences; block sizes 1, 16
 // and 32; head dims 64 and 128; GQA ratios 1, 4, 7, 8 and 20; decode, prefill with and without a
 // cached prefix, and mixed batches; the decode kernel with one key split, with many, and with more
@@ -9,6 +10,10 @@
 // cache through shuffled physical blocks. Everything the kernels must not read is poisoned: the
 // slots past each context in its last block and spare blocks hold V = 64 and K = +-8, and unused
 // block-table entries point at those spare blocks or outside the cache. Output rows start as NaN.
+//
+// An fp8 case stores every cache value (poison included) as the e4m3 code of value / scale, and
+// the references run on what the kernels must read back, code * scale, so the kernels differ
+// from them only in rounding, as for bf16.
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
@@ -59,6 +64,9 @@ struct AttnCase {
   // The max_seq_len the kernels are told, when larger than the longest context (0: the longest);
   // the block tables are widened to hold it, with junk past each context.
   int max_seq_len = 0;
+  DType kv_dtype = DType::kBF16;  // kBF16 or kF8E4M3
+  float k_scale = 1.0f;           // fp8 only
+  float v_scale = 1.0f;
 };
 
 void PrintTo(const AttnCase& c, std::ostream* os) { *os << c.name; }
@@ -80,13 +88,19 @@ struct Problem {
   int64_t max_q_len = 0;
   int64_t max_seq_len = 0;
   float scale = 0.0f;
+  DType kv_dtype = DType::kBF16;
+  float k_scale = 1.0f;
+  float v_scale = 1.0f;
   std::vector<SeqSpec> seqs;
-  std::vector<int32_t> cu_seqlens;        // [num_seqs + 1]
-  std::vector<int32_t> seq_lens;          // [num_seqs]
-  std::vector<int32_t> block_tables;      // [num_seqs, max_blocks]
-  std::vector<float> q;                   // [num_tokens, num_heads, head_dim], bf16 values
-  std::vector<float> k_cache;             // [num_blocks, block_size, num_kv_heads, head_dim]
-  std::vector<float> v_cache;             // [num_blocks, block_size, num_kv_heads, head_dim]
+  std::vector<int32_t> cu_seqlens;    // [num_seqs + 1]
+  std::vector<int32_t> seq_lens;      // [num_seqs]
+  std::vector<int32_t> block_tables;  // [num_seqs, max_blocks]
+  std::vector<float> q;               // [num_tokens, num_heads, head_dim], bf16 values
+  std::vector<float> k_cache;         // [num_blocks, block_size, num_kv_heads, head_dim]
+  std::vector<float> v_cache;         // [num_blocks, block_size, num_kv_heads, head_dim]
+  // fp8: the e4m3 codes of the caches; k_cache and v_cache hold code * scale.
+  std::vector<uint8_t> k_fp8;             // [num_blocks, block_size, num_kv_heads, head_dim]
+  std::vector<uint8_t> v_fp8;             // [num_blocks, block_size, num_kv_heads, head_dim]
   std::vector<std::vector<float>> k_seq;  // per sequence [seq_len, num_kv_heads, head_dim]
   std::vector<std::vector<float>> v_seq;  // per sequence [seq_len, num_kv_heads, head_dim]
 
@@ -102,6 +116,9 @@ Problem make_problem(const AttnCase& c) {
   pb.head_dim = c.head_dim;
   pb.block_size = c.block_size;
   pb.scale = c.scale != 0.0f ? c.scale : 1.0f / std::sqrt(float(c.head_dim));
+  pb.kv_dtype = c.kv_dtype;
+  pb.k_scale = c.k_scale;
+  pb.v_scale = c.v_scale;
   pb.seqs = c.seqs;
   const int64_t row = pb.num_kv_heads * pb.head_dim;  // one slot's K (or V)
 
@@ -161,6 +178,28 @@ Problem make_problem(const AttnCase& c) {
     }
     pb.k_seq.push_back(std::move(ks));
     pb.v_seq.push_back(std::move(vs));
+  }
+
+  if (pb.kv_dtype == DType::kF8E4M3) {
+    // Every cache value as its e4m3 code of value / scale; the references see code * scale.
+    const auto quantize = [](std::vector<float>& values, std::vector<uint8_t>& codes, float sc) {
+      codes.resize(values.size());
+      for (size_t i = 0; i < values.size(); ++i) {
+        codes[i] = f32_to_fp8e4m3(values[i] / sc);
+        values[i] = fp8e4m3_to_f32(codes[i]) * sc;
+      }
+    };
+    quantize(pb.k_cache, pb.k_fp8, pb.k_scale);
+    quantize(pb.v_cache, pb.v_fp8, pb.v_scale);
+    // The contiguous copies from the quantized cache, through the block tables.
+    for (int64_t s = 0; s < pb.num_seqs(); ++s) {
+      const int32_t* table = pb.block_tables.data() + s * pb.max_blocks;
+      for (int64_t pos = 0; pos < c.seqs[size_t(s)].seq_len; ++pos) {
+        const int64_t slot = int64_t(table[pos / c.block_size]) * c.block_size + pos % c.block_size;
+        std::copy_n(pb.k_cache.begin() + slot * row, row, pb.k_seq[size_t(s)].begin() + pos * row);
+        std::copy_n(pb.v_cache.begin() + slot * row, row, pb.v_seq[size_t(s)].begin() + pos * row);
+      }
+    }
   }
 
   // q in [-3, 3]: with k in [-1, 1] and scale 1/sqrt(head_dim) the scores have a standard
@@ -238,7 +277,10 @@ std::vector<float> contiguous_reference(const Problem& pb) {
 // |v| <= 1), and the output is rounded to bf16 (<= 2^-9 relative). Scores, exponentials and sums
 // are f32 on both sides (differences ~1e-6). Hence |got - want| <= 3e-3 + 1e-2 |want|, with
 // margin over the 2e-3 + 2e-3 |want| bound. A poisoned key or value (V = 64) read by mistake
-// moves an output by far more.
+// moves an output by far more. The fp8 kernels fit the same bound: the reference reads the same
+// e4m3 values times the scales (|v| <= 1.02 after quantization), q (bf16 values in [-3, 3]) is
+// exact in f16, the weights enter P V as f16 (2^-11), and folding the scales into the softmax
+// scale and the normalization moves only f32 roundings.
 constexpr double kAbsTol = 3e-3;
 constexpr double kRelTol = 1e-2;
 
@@ -281,22 +323,33 @@ std::pair<double, double> max_error(const std::vector<uint16_t>& got,
   return {worst, share};
 }
 
+// `codes`, or one zero byte in place of none (a bf16 case's unused fp8 buffers): no empty copies.
+std::vector<uint8_t> at_least_one(const std::vector<uint8_t>& codes) {
+  return codes.empty() ? std::vector<uint8_t>(1, 0) : codes;
+}
+
 // The problem on the GPU.
 struct DeviceProblem {
   explicit DeviceProblem(const Problem& pb)
       : q(to_bf16(pb.q)),
         k_cache(to_bf16(pb.k_cache)),
         v_cache(to_bf16(pb.v_cache)),
+        k_fp8(at_least_one(pb.k_fp8)),
+        v_fp8(at_least_one(pb.v_fp8)),
         cu_seqlens(pb.cu_seqlens),
         seq_lens(pb.seq_lens),
         block_tables(pb.block_tables),
         out(pb.q.size()) {
-    cache.k = as_bf16(k_cache);
-    cache.v = as_bf16(v_cache);
+    const bool fp8 = pb.kv_dtype == DType::kF8E4M3;
+    cache.k = fp8 ? static_cast<const void*>(k_fp8.get()) : as_bf16(k_cache);
+    cache.v = fp8 ? static_cast<const void*>(v_fp8.get()) : as_bf16(v_cache);
     cache.num_blocks = pb.num_blocks;
     cache.block_size = pb.block_size;
     cache.num_kv_heads = pb.num_kv_heads;
     cache.head_dim = pb.head_dim;
+    cache.dtype = pb.kv_dtype;
+    cache.k_scale = pb.k_scale;
+    cache.v_scale = pb.v_scale;
     batch.cu_seqlens_q = cu_seqlens.get();
     batch.seq_lens = seq_lens.get();
     batch.block_tables = block_tables.get();
@@ -307,7 +360,8 @@ struct DeviceProblem {
     batch.max_seq_len = pb.max_seq_len;
   }
 
-  DeviceBuffer<uint16_t> q, k_cache, v_cache;
+  DeviceBuffer<uint16_t> q, k_cache, v_cache;  // the caches as bf16 (used by bf16 cases)
+  DeviceBuffer<uint8_t> k_fp8, v_fp8;          // the e4m3 codes (fp8 cases; else empty)
   DeviceBuffer<int32_t> cu_seqlens, seq_lens, block_tables;
   DeviceBuffer<uint16_t> out;
   PagedKvCache cache;
@@ -515,6 +569,88 @@ std::vector<AttnCase> make_cases() {
     std::vector<SeqSpec> seqs = decode_batch(290, 7);
     for (int i = 0; i < 10; ++i) seqs.insert(seqs.begin() + 29 * i, {17 + 8 * i, 17 + 40 * i});
     cases.push_back({"mixed_b300_hd128_gqa8_bs16", 128, 1, 8, 16, seqs});
+  }
+
+  // --- fp8 e4m3 caches: the same kernels reading code * scale ---
+  // Scales 1 (codes are the values), 0.5 / 2 (powers of two: exact dequantization), 2 / 0.5, and
+  // 0.37 / 3.1 (inexact; V then in [-0.32, 0.32], about 5% of its codes subnormal).
+  const auto fp8 = [](AttnCase c, float k_scale, float v_scale) {
+    c.name = "fp8_" + c.name;
+    c.kv_dtype = DType::kF8E4M3;
+    c.k_scale = k_scale;
+    c.v_scale = v_scale;
+    return c;
+  };
+  cases.push_back(fp8({"decode_b1_len1", 128, 1, 1, 16, {{1, 1}}}, 1.0f, 1.0f));
+  cases.push_back(fp8({"decode_b1_len4096_gqa4", 128, 2, 4, 16, {{1, 4096}}}, 1.0f, 1.0f));
+  cases.push_back(fp8({"decode_b1_len1031_hd64_gqa8", 64, 1, 8, 32, {{1, 1031}}}, 0.5f, 2.0f));
+  cases.push_back(fp8({"decode_b7_hd64_gqa8_bs32", 64, 2, 8, 32, decode_batch(7, 0)}, 2.0f, 0.5f));
+  cases.push_back(
+      fp8({"decode_b7_hd128_gqa1_bs16", 128, 4, 1, 16, decode_batch(7, 3)}, 0.37f, 3.1f));
+  cases.push_back(
+      fp8({"decode_b64_hd128_gqa4_bs16", 128, 2, 4, 16, decode_batch(64, 1)}, 0.5f, 2.0f));
+  cases.push_back(
+      fp8({"decode_b64_hd64_gqa1_bs32", 64, 2, 1, 32, decode_batch(64, 5)}, 1.0f, 1.0f));
+  cases.push_back(
+      fp8({"decode_b300_hd128_gqa8_bs32", 128, 1, 8, 32, decode_batch(300, 2)}, 2.0f, 0.5f));
+  cases.push_back(
+      fp8({"decode_gqa20_hd64", 64, 2, 20, 16, {{1, 54}, {1, 1031}, {1, 3000}}}, 0.37f, 3.1f));
+  cases.push_back(fp8({"decode_gqa7_hd128", 128, 1, 7, 32, {{1, 97}, {1, 4096}}}, 0.5f, 2.0f));
+  cases.push_back(
+      fp8({"decode_sharp_softmax", 128, 2, 8, 16, decode_batch(7, 4), 1.0f}, 0.5f, 2.0f));
+  for (const int group : {1, 4, 8}) {
+    for (const int head_dim : {64, 128}) {
+      AttnCase c{
+          "decode_mixed_lengths_gqa" + std::to_string(group) + "_hd" + std::to_string(head_dim),
+          head_dim,
+          2,
+          group,
+          16,
+          {{1, 1}, {1, 63}, {1, 64}, {1, 65}, {1, 1000}, {1, 4097}}};
+      c.max_seq_len = 16384;
+      cases.push_back(fp8(c, group == 4 ? 1.0f : 0.5f, group == 4 ? 1.0f : 2.0f));
+    }
+  }
+  cases.push_back(fp8({"prefill_q1_noprefix", 128, 1, 1, 16, {{1, 1}}}, 2.0f, 0.5f));
+  cases.push_back(fp8({"prefill_17_54_97_hd64_gqa4", 64, 2, 4, 16, {{17, 17}, {54, 54}, {97, 97}}},
+                      1.0f, 1.0f));
+  cases.push_back(
+      fp8({"prefill_17_54_97_hd128_gqa1_bs32", 128, 3, 1, 32, {{17, 17}, {54, 54}, {97, 97}}}, 0.5f,
+          2.0f));
+  cases.push_back(fp8(
+      {"prefill_prefix_hd128_gqa8_bs32", 128, 2, 8, 32, {{17, 50}, {54, 254}, {97, 597}, {1, 300}}},
+      0.5f, 2.0f));
+  cases.push_back(fp8(
+      {"prefill_prefix_hd64_gqa1_bs16", 64, 2, 1, 16, {{1, 17}, {17, 4096}, {54, 55}, {97, 1000}}},
+      2.0f, 0.5f));
+  cases.push_back(
+      fp8({"prefill_1031_hd128_gqa4_bs16", 128, 1, 4, 16, {{1031, 1031}}}, 0.37f, 3.1f));
+  cases.push_back(
+      fp8({"prefill_1000_prefix777_hd64_gqa8_bs32", 64, 1, 8, 32, {{1000, 1777}}}, 1.0f, 1.0f));
+  cases.push_back(fp8({"prefill_gqa7_hd128", 128, 1, 7, 16, {{97, 97}, {33, 200}}}, 0.5f, 2.0f));
+  cases.push_back(fp8({"prefill_gqa20_hd64", 64, 1, 20, 32, {{54, 54}, {17, 1031}}}, 2.0f, 0.5f));
+  cases.push_back(
+      fp8({"prefill_sharp_softmax", 128, 1, 4, 16, {{97, 97}, {54, 1031}}, 1.0f}, 0.5f, 2.0f));
+  cases.push_back(fp8({"mixed_hd128_gqa4_bs16",
+                       128,
+                       2,
+                       4,
+                       16,
+                       {{1, 1000}, {17, 17}, {1, 54}, {97, 300}, {1, 1}, {54, 4096}}},
+                      0.5f, 2.0f));
+  cases.push_back(fp8({"mixed_hd64_gqa1_bs32",
+                       64,
+                       4,
+                       1,
+                       32,
+                       {{54, 54}, {1, 97}, {0, 20}, {1, 1031}, {17, 100}, {1, 17}}},
+                      0.37f, 3.1f));
+  cases.push_back(
+      fp8({"mixed_bs1_hd64_gqa4", 64, 1, 4, 1, {{1, 97}, {17, 60}, {54, 54}}}, 1.0f, 1.0f));
+  {
+    std::vector<SeqSpec> seqs = decode_batch(290, 7);
+    for (int i = 0; i < 10; ++i) seqs.insert(seqs.begin() + 29 * i, {17 + 8 * i, 17 + 40 * i});
+    cases.push_back(fp8({"mixed_b300_hd128_gqa8_bs16", 128, 1, 8, 16, seqs}, 2.0f, 0.5f));
   }
   uint32_t seed = 1;
   for (AttnCase& c : cases) c.seed = seed++;
@@ -798,6 +934,221 @@ TEST_F(CudaPagedAttention, RejectsBadArguments) {
         paged_attention(tq_f32, tk, tv, cu, lens, tables, 1, 100, 1.0f, tout, Tensor(), nullptr);
       },
       "f32 q");
+}
+
+// --- fp8 e4m3 caches: single-purpose tests ---
+
+// Every grid split count gives the same attention over an fp8 cache (v_scale is applied to the
+// partial outputs before the merge, and directly when a context fits one split).
+TEST_F(CudaPagedAttention, Fp8DecodeSplitCountsAgree) {
+  for (const int group : {1, 4, 8}) {
+    AttnCase c{"fp8_splits_gqa" + std::to_string(group),
+               group == 4 ? 64 : 128,
+               2,
+               group,
+               16,
+               {{1, 1}, {1, 63}, {1, 64}, {1, 65}, {1, 1000}, {1, 4097}, {1, 130}},
+               0.0f,
+               uint32_t(60 + group)};
+    c.max_seq_len = 32768;
+    c.kv_dtype = DType::kF8E4M3;
+    c.k_scale = 0.5f;
+    c.v_scale = 3.1f;
+    const Problem pb = make_problem(c);
+    const std::vector<float> want = cpu_reference(pb);
+    DeviceProblem dp(pb);
+    dp.out.fill_bytes(0xff);
+    run_decode(pb, dp, 1);
+    const std::vector<uint16_t> one = dp.out.download();
+    expect_close(one, want, pb, c.name + " 1 split vs CPU op");
+    std::vector<float> one_f(one.size());
+    for (size_t i = 0; i < one.size(); ++i) one_f[i] = bf16_to_f32(one[i]);
+    for (const int splits : {2, 3, 7, 16, 33, 65, 200}) {
+      dp.out.fill_bytes(0xff);
+      run_decode(pb, dp, splits);
+      const std::vector<uint16_t> got = dp.out.download();
+      const std::string what = c.name + " " + std::to_string(splits) + " splits";
+      expect_close(got, want, pb, what + " vs CPU op");
+      expect_close(got, one_f, pb, what + " vs 1 split");
+      run_decode(pb, dp, splits);
+      EXPECT_EQ(dp.out.download(), got) << what << " is not deterministic";
+    }
+  }
+}
+
+// The scales matter: the same codes read with other scales give the reference of those scales,
+// and differ from the first result (a kernel ignoring a scale fails one of the two).
+TEST_F(CudaPagedAttention, Fp8ScalesAreApplied) {
+  for (const bool decode : {true, false}) {
+    AttnCase c{decode ? "fp8_scales_decode" : "fp8_scales_prefill",
+               128,
+               2,
+               4,
+               16,
+               decode ? std::vector<SeqSpec>{{1, 300}, {1, 1000}, {1, 5}}
+                      : std::vector<SeqSpec>{{40, 300}, {17, 17}},
+               0.0f,
+               91};
+    c.kv_dtype = DType::kF8E4M3;
+    const Problem pb = make_problem(c);  // scales 1: the codes are the values
+    DeviceProblem dp(pb);
+    const std::vector<uint16_t> base = run_path(pb, dp, Path::kDispatch);
+    expect_close(base, cpu_reference(pb), pb, c.name + " scales 1");
+    for (const auto& [ks, vs] : {std::pair{2.0f, 1.0f}, std::pair{1.0f, 0.25f}}) {
+      Problem scaled = pb;
+      scaled.k_scale = ks;
+      scaled.v_scale = vs;
+      for (float& x : scaled.k_cache) x *= ks;
+      for (float& x : scaled.v_cache) x *= vs;
+      dp.cache.k_scale = ks;
+      dp.cache.v_scale = vs;
+      const std::vector<uint16_t> got = run_path(scaled, dp, Path::kDispatch);
+      const std::string what =
+          c.name + " k_scale " + std::to_string(ks) + " v_scale " + std::to_string(vs);
+      expect_close(got, cpu_reference(scaled), scaled, what);
+      EXPECT_NE(got, base) << what << " gave the scale-1 result";
+    }
+  }
+}
+
+// fp8 decode and mixed batches captured in a CUDA graph replay to the eager result.
+TEST_F(CudaPagedAttention, Fp8CaptureInCudaGraph) {
+  for (AttnCase c : {AttnCase{"fp8_graph_decode", 128, 2, 4, 16, decode_batch(7, 2), 0.0f, 17},
+                     AttnCase{"fp8_graph_mixed", 64, 1, 8, 32, {{1, 97}, {54, 1031}}, 0.0f, 18}}) {
+    c.kv_dtype = DType::kF8E4M3;
+    c.k_scale = 0.5f;
+    c.v_scale = 2.0f;
+    const Problem pb = make_problem(c);
+    DeviceProblem dp(pb);
+    const std::vector<uint16_t> eager = run_path(pb, dp, Path::kDispatch);
+    expect_close(eager, cpu_reference(pb), pb, c.name + " eager");
+    const size_t bytes = paged_attention_workspace_bytes(
+        pb.num_seqs(), pb.num_heads, pb.num_kv_heads, pb.head_dim, pb.max_q_len, pb.max_seq_len);
+    DeviceBuffer<uint8_t> workspace(bytes);
+    dp.out.fill_bytes(0xff);
+
+    cudaStream_t stream = nullptr;
+    ATOM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    ATOM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    paged_attention(as_bf16(dp.q), pb.num_heads, dp.cache, dp.batch, pb.scale, as_bf16(dp.out),
+                    bytes ? workspace.get() : nullptr, bytes, stream);
+    ATOM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    ATOM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    ATOM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    ATOM_CUDA_CHECK(cudaStreamSynchronize(stream));
+    EXPECT_EQ(dp.out.download(), eager) << c.name;
+    ATOM_CUDA_CHECK(cudaGraphExecDestroy(exec));
+    ATOM_CUDA_CHECK(cudaGraphDestroy(graph));
+    ATOM_CUDA_CHECK(cudaStreamDestroy(stream));
+  }
+}
+
+// The Tensor entry point takes f8e4m3 caches with their scales and gives the dispatcher's bits.
+TEST_F(CudaPagedAttention, Fp8TensorEntryPointMatchesDispatcher) {
+  AttnCase c{"fp8_tensor", 128, 2, 4, 16, {{1, 1000}, {17, 60}, {1, 5}}, 0.0f, 97};
+  c.kv_dtype = DType::kF8E4M3;
+  c.k_scale = 0.5f;
+  c.v_scale = 2.0f;
+  const Problem pb = make_problem(c);
+  DeviceProblem dp(pb);
+  const std::vector<uint16_t> want = run_path(pb, dp, Path::kDispatch);
+  expect_close(want, cpu_reference(pb), pb, "fp8 dispatcher vs CPU op");
+
+  const Tensor q(dp.q.get(), DType::kBF16, {pb.num_tokens, pb.num_heads, pb.head_dim},
+                 Device::kCuda);
+  const Tensor k(dp.k_fp8.get(), DType::kF8E4M3,
+                 {pb.num_blocks, pb.block_size, pb.num_kv_heads, pb.head_dim}, Device::kCuda);
+  const Tensor v(dp.v_fp8.get(), DType::kF8E4M3,
+                 {pb.num_blocks, pb.block_size, pb.num_kv_heads, pb.head_dim}, Device::kCuda);
+  const Tensor cu(dp.cu_seqlens.get(), DType::kI32, {pb.num_seqs() + 1}, Device::kCuda);
+  const Tensor lens(dp.seq_lens.get(), DType::kI32, {pb.num_seqs()}, Device::kCuda);
+  const Tensor tables(dp.block_tables.get(), DType::kI32, {pb.num_seqs(), pb.max_blocks},
+                      Device::kCuda);
+  const Tensor out(dp.out.get(), DType::kBF16, {pb.num_tokens, pb.num_heads, pb.head_dim},
+                   Device::kCuda);
+  dp.out.fill_bytes(0xff);
+  paged_attention(q, k, v, cu, lens, tables, pb.max_q_len, pb.max_seq_len, pb.scale, out, Tensor(),
+                  nullptr, pb.k_scale, pb.v_scale);
+  ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+  EXPECT_EQ(dp.out.download(), want);
+}
+
+TEST_F(CudaPagedAttention, Fp8RejectsBadArguments) {
+  AttnCase c{"fp8_bad", 128, 2, 4, 16, {{1, 100}, {1, 30}}, 0.0f, 5};
+  c.kv_dtype = DType::kF8E4M3;
+  const Problem pb = make_problem(c);
+  DeviceProblem dp(pb);
+  const auto* q = as_bf16(dp.q);
+  auto* out = as_bf16(dp.out);
+  const auto expect_code = [](ErrorCode code, const auto& fn, const std::string& what) {
+    try {
+      fn();
+      ADD_FAILURE() << what << ": accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), code) << what << ": " << e.what();
+    }
+  };
+  for (const float bad : {0.0f, -1.0f, NAN, INFINITY}) {
+    for (const bool on_k : {true, false}) {
+      PagedKvCache cache = dp.cache;
+      (on_k ? cache.k_scale : cache.v_scale) = bad;
+      const std::string what = std::string(on_k ? "k_scale " : "v_scale ") + std::to_string(bad);
+      expect_code(
+          ErrorCode::kInvalidArgument,
+          [&] { launch_paged_attention_prefill(q, 8, cache, dp.batch, 1.0f, out, nullptr); },
+          what + " (prefill)");
+      expect_code(
+          ErrorCode::kInvalidArgument,
+          [&] {
+            launch_paged_attention_decode(q, 8, cache, dp.batch, 1.0f, 1, out, nullptr, 0, nullptr);
+          },
+          what + " (decode)");
+    }
+  }
+  PagedKvCache f32_cache = dp.cache;
+  f32_cache.dtype = DType::kF32;
+  expect_code(
+      ErrorCode::kUnsupported,
+      [&] { launch_paged_attention_prefill(q, 8, f32_cache, dp.batch, 1.0f, out, nullptr); },
+      "f32 cache");
+  PagedKvCache hd96 = dp.cache;
+  hd96.head_dim = 96;
+  expect_code(
+      ErrorCode::kUnsupported,
+      [&] {
+        launch_paged_attention_decode(q, 8, hd96, dp.batch, 1.0f, 1, out, nullptr, 0, nullptr);
+      },
+      "fp8 head_dim 96");
+  PagedKvCache unaligned = dp.cache;
+  unaligned.k = static_cast<const uint8_t*>(dp.cache.k) + 8;
+  expect_code(
+      ErrorCode::kInvalidArgument,
+      [&] { launch_paged_attention_prefill(q, 8, unaligned, dp.batch, 1.0f, out, nullptr); },
+      "fp8 cache off 16 bytes");
+
+  const Tensor tq(dp.q.get(), DType::kBF16, {pb.num_tokens, 8, 128}, Device::kCuda);
+  const Tensor tk(dp.k_fp8.get(), DType::kF8E4M3, {pb.num_blocks, 16, 2, 128}, Device::kCuda);
+  const Tensor tv(dp.v_fp8.get(), DType::kF8E4M3, {pb.num_blocks, 16, 2, 128}, Device::kCuda);
+  const Tensor tv_bf16(dp.v_cache.get(), DType::kBF16, {pb.num_blocks, 16, 2, 128}, Device::kCuda);
+  const Tensor cu(dp.cu_seqlens.get(), DType::kI32, {3}, Device::kCuda);
+  const Tensor lens(dp.seq_lens.get(), DType::kI32, {2}, Device::kCuda);
+  const Tensor tables(dp.block_tables.get(), DType::kI32, {2, pb.max_blocks}, Device::kCuda);
+  const Tensor tout(dp.out.get(), DType::kBF16, {pb.num_tokens, 8, 128}, Device::kCuda);
+  expect_code(
+      ErrorCode::kUnsupported,
+      [&] {
+        paged_attention(tq, tk, tv_bf16, cu, lens, tables, 1, 100, 1.0f, tout, Tensor(), nullptr);
+      },
+      "fp8 k with bf16 v");
+  expect_code(
+      ErrorCode::kInvalidArgument,
+      [&] {
+        paged_attention(tq, tk, tv, cu, lens, tables, 1, 100, 1.0f, tout, Tensor(), nullptr, 0.0f,
+                        1.0f);
+      },
+      "Tensor entry point, k_scale 0");
 }
 
 }  // namespace

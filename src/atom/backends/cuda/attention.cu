@@ -1,11 +1,33 @@
 // Paged attention kernels (see attention.h): a decode kernel with key splits and their merge, and a
-// flash-attention prefill kernel, both on bf16 tensor cores with f32 softmax and accumulation.
+// flash-attention prefill kernel, both on 16-bit tensor cores with f32 softmax and accumulation;
+// each is instantiated for a bf16 cache (bf16 mma) and an fp8 e4m3 cache (f16 mma).
 //
 // Scores are kept in log2 units (q . k * scale * log2(e)) so the softmax uses exp2. Each warp
 // keeps, per query row, the running max m, the running sum l of exp2(s - m) and the unnormalized
 // output o = sum exp2(s - m) v; a new tile of keys rescales them by exp2(m_old - m_new). The
-// probabilities enter the P V product rounded to bf16 (the tensor cores' input); l sums them in
-// f32, as FlashAttention does.
+// probabilities enter the P V product rounded to bf16 (f16 for an fp8 cache: the tensor cores'
+// input); l sums them in f32, as FlashAttention does.
+//
+// An fp8 cache: its tiles are copied to shared memory as they are (half the bytes of bf16, so the
+// same 64-key tiles take half the shared memory) and converted while the mma fragments are built,
+// not in a shared-memory pass: a pass would add a barrier per tile, a read of the fp8 tile and a
+// write of a bf16 one, and the fragments would then read twice the bytes, three times the
+// shared-memory traffic of converting in registers. The fragments are f16, not bf16: e4m3 -> f16
+// is exact and one cvt per pair, while sm_90 has no e4m3 -> bf16 conversion (through f16 and f32
+// it takes four a pair). q is rounded to f16 once per block (exact for bf16 values of magnitude
+// 2^-17 to 65504, saturated above), and the probabilities enter the P V product as f16 (3 more
+// bits of precision than bf16). The scales cost nothing in the loop:
+// k_scale is folded into the softmax scale (scores are q . k_e4m3 * (scale * k_scale)) and v_scale
+// into the output normalization (o = sum p v_e4m3 * v_scale / l).
+//   K fragments: ldmatrix of the fp8 rows as b16 gives a lane 4 consecutive bytes of one key, dims
+//     16 j + 4 quad .. + 3 of k-step j; they are b0 (the first two) and b1 (the last two) of that
+//     k-step, so the q fragments take their columns in the same order (a dot product does not
+//     depend on the order of its terms): load_q_fragments_f16.
+//   V fragments: ldmatrix.trans of the rows as b16 gives a lane bytes (key 2 quad, dim 2 group),
+//     (2 quad, 2 group + 1), (2 quad + 1, 2 group), (2 quad + 1, 2 group + 1) of a 16-dim block;
+//     one byte permute makes the key pairs of the even dim and of the odd dim, the b operands of
+//     two 8-column output tiles whose column c is dim 16 b + 2 c and 16 b + 2 c + 1. A lane then
+//     holds dims 16 b + 4 quad .. + 3 of the output: even tile, odd tile, even, odd.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -24,18 +46,23 @@ namespace atom::cuda {
 
 namespace {
 
+using attention_detail::bf16x2_to_f16x2;
 using attention_detail::cp_async16;
 using attention_detail::cp_async_commit;
 using attention_detail::cp_async_wait;
+using attention_detail::e4m3x2_to_f16x2;
 using attention_detail::kKeyTile;
 using attention_detail::kThreads;
+using attention_detail::kv_row_bytes;
 using attention_detail::KvSource;
 using attention_detail::kWarps;
 using attention_detail::ldmatrix_x4;
 using attention_detail::ldmatrix_x4_trans;
 using attention_detail::load_kv_tile;
 using attention_detail::mma_16816;
+using attention_detail::mma_16816_f16;
 using attention_detail::pack_bf16x2;
+using attention_detail::pack_f16x2;
 using attention_detail::smem_row;
 
 constexpr int kRowTile = 64;     // (query row, group head) pairs per prefill block, 16 a warp
@@ -65,22 +92,32 @@ constexpr size_t kSmemPerBlockReserved = 1024;
 // the same rule for its slots): batch 64 x 2048 keys 197 vs 204 us (2.73 vs 2.63 TB/s), x 1024 104
 // vs 113 us, batch 128 x 1536 290 vs 306 us, batch 256 x 2048 761 vs 781 us, batch 1 x 200 8.3
 // vs 8.6 us.
-template <int kHeadDim>
+// An fp8 cache halves a stage (rows of 144 bytes at head_dim 128: 18 KB a stage), so it takes 4
+// stages: 4.25 + 72 = 76.25 KB, still 2 blocks a multiprocessor as for bf16 (the split choice,
+// which does not know the cache's type, assumes one figure for both), with 3 tiles of 18 KB in
+// flight per block: 108 KB a multiprocessor against bf16's 136 KB, both far above the ~25 KB
+// Little's law asks, and 384 keys in flight against bf16's 256.
+template <int kHeadDim, bool kFp8>
 constexpr int decode_stages() {
-  return 3;
+  return kFp8 ? 4 : 3;
 }
 
-template <int kHeadDim>
+template <int kHeadDim, bool kFp8>
 constexpr size_t decode_smem_bytes() {
-  return size_t(kDecodeRows + 2 * decode_stages<kHeadDim>() * kKeyTile) * smem_row<kHeadDim>() *
-         sizeof(__nv_bfloat16);
+  return size_t(kDecodeRows) * smem_row<kHeadDim>() * sizeof(__nv_bfloat16) +
+         size_t(2 * decode_stages<kHeadDim, kFp8>() * kKeyTile) * kv_row_bytes<kHeadDim, kFp8>();
 }
 
-// Decode blocks one multiprocessor holds at once: the smaller of what shared memory allows for
-// either head dim (registers allow 3).
+template <int kHeadDim, bool kFp8>
+constexpr size_t decode_blocks_per_sm() {
+  return kSmemPerSm / (decode_smem_bytes<kHeadDim, kFp8>() + kSmemPerBlockReserved);
+}
+
+// Decode blocks one multiprocessor holds at once: the smallest of what shared memory allows for
+// either head dim and cache type (registers allow 3).
 constexpr int kDecodeBlocksPerSm =
-    int(std::min({kSmemPerSm / (decode_smem_bytes<128>() + kSmemPerBlockReserved),
-                  kSmemPerSm / (decode_smem_bytes<64>() + kSmemPerBlockReserved), size_t(3)}));
+    int(std::min({decode_blocks_per_sm<128, false>(), decode_blocks_per_sm<64, false>(),
+                  decode_blocks_per_sm<128, true>(), decode_blocks_per_sm<64, true>(), size_t(3)}));
 static_assert(kDecodeBlocksPerSm >= 2);
 
 extern __shared__ __align__(16) unsigned char attention_smem[];
@@ -88,8 +125,8 @@ extern __shared__ __align__(16) unsigned char attention_smem[];
 struct Params {
   const __nv_bfloat16* q;             // [num_tokens, num_heads, head_dim]
   __nv_bfloat16* out;                 // [num_tokens, num_heads, head_dim]
-  const __nv_bfloat16* k_cache;       // [num_blocks, block_size, num_kv_heads, head_dim]
-  const __nv_bfloat16* v_cache;       // [num_blocks, block_size, num_kv_heads, head_dim]
+  const unsigned char* k_cache;       // [num_blocks, block_size, num_kv_heads, head_dim] bf16/fp8
+  const unsigned char* v_cache;       // [num_blocks, block_size, num_kv_heads, head_dim] bf16/fp8
   const int32_t* cu_seqlens_q;        // [num_seqs + 1]
   const int32_t* seq_lens;            // [num_seqs]
   const int32_t* block_tables;        // [num_seqs, stride]
@@ -101,7 +138,8 @@ struct Params {
   int num_heads;
   int num_kv_heads;
   int group;         // query heads per kv head
-  float scale_log2;  // scale * log2(e)
+  float scale_log2;  // scale * log2(e), times k_scale for an fp8 cache
+  float v_scale;     // an fp8 cache's v_scale (the bf16 kernels do not read it)
   // Decode key splits of the grid: each sequence cuts its own context into up to num_splits
   // chunks (decode_split_keys), the blocks past its last chunk return at once.
   int num_splits;
@@ -110,7 +148,9 @@ struct Params {
   float* part_sum;  // [num_seqs, num_heads, num_splits] sum of exp2(s - max)
 };
 
-__device__ __forceinline__ KvSource kv_source(const Params& p, int seq, int kv_head, int head_dim) {
+// head_bytes: one kv head's row of one slot (head_dim times the element size).
+__device__ __forceinline__ KvSource kv_source(const Params& p, int seq, int kv_head,
+                                              int head_bytes) {
   return KvSource{p.k_cache,
                   p.v_cache,
                   p.block_tables + int64_t(seq) * (p.block_table_stride != nullptr
@@ -118,8 +158,8 @@ __device__ __forceinline__ KvSource kv_source(const Params& p, int seq, int kv_h
                                                        : p.max_blocks_per_seq),
                   p.num_blocks,
                   p.block_size,
-                  int64_t(p.num_kv_heads) * head_dim,
-                  int64_t(kv_head) * head_dim};
+                  int64_t(p.num_kv_heads) * head_bytes,
+                  int64_t(kv_head) * head_bytes};
 }
 
 // Max over the 4 lanes of a quad (the lanes holding one row of an mma tile).
@@ -166,40 +206,91 @@ __device__ __forceinline__ void online_softmax(float (&s)[kTiles][4], float (&o)
 }
 
 // o += P V for one 16-key step: P is the probabilities of 8-key tiles `n` and `n + 1` (C layout,
-// reused as the A operand), V the 16 rows from `v_rows` ([16][smem_row], shared memory).
-template <int kHeadDim, int kTiles, int kDTiles>
+// reused as the A operand), V the 16 rows from `v_rows` ([16][kv_row_bytes], shared memory).
+// bf16 cache: o[d] is output dims [8 d, 8 d + 8) in order. fp8 cache: o[2 b] and o[2 b + 1] are
+// the even and the odd dims of [16 b, 16 b + 16), column c being dim 16 b + 2 c (+ 1) (see the
+// top of the file).
+template <int kHeadDim, bool kFp8, int kTiles, int kDTiles>
 __device__ __forceinline__ void accumulate_pv(const float (&s)[kTiles][4], int n,
-                                              const __nv_bfloat16* v_rows, float (&o)[kDTiles][4]) {
-  constexpr int kRow = smem_row<kHeadDim>();
+                                              const unsigned char* v_rows, float (&o)[kDTiles][4]) {
   const int lane = threadIdx.x % 32;
-  const uint32_t a[4] = {pack_bf16x2(s[n][0], s[n][1]), pack_bf16x2(s[n][2], s[n][3]),
-                         pack_bf16x2(s[n + 1][0], s[n + 1][1]),
-                         pack_bf16x2(s[n + 1][2], s[n + 1][3])};
-  const __nv_bfloat16* base = v_rows + (lane % 8 + ((lane / 8) % 2) * 8) * kRow + (lane / 16) * 8;
+  if constexpr (kFp8) {
+    constexpr int kRowBytes = kv_row_bytes<kHeadDim, true>();
+    const uint32_t a[4] = {pack_f16x2(s[n][0], s[n][1]), pack_f16x2(s[n][2], s[n][3]),
+                           pack_f16x2(s[n + 1][0], s[n + 1][1]),
+                           pack_f16x2(s[n + 1][2], s[n + 1][3])};
+    // Matrix m = lane / 8 of each ldmatrix: keys 8 (m % 2) .. + 7, bytes 16 (m / 2) .. + 15 of
+    // the 32 dims of step i.
+    const unsigned char* base =
+        v_rows + (((lane / 8) % 2) * 8 + lane % 8) * kRowBytes + (lane / 16) * 16;
 #pragma unroll
-  for (int d = 0; d < kDTiles; d += 2) {
-    uint32_t b[4];
-    ldmatrix_x4_trans(b, base + d * 8);
-    mma_16816(o[d], a, b[0], b[1]);
-    mma_16816(o[d + 1], a, b[2], b[3]);
+    for (int i = 0; i < kHeadDim / 32; ++i) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, base + i * 32);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        // Bytes (key, dim) (2q, 2g), (2q, 2g+1), (2q+1, 2g), (2q+1, 2g+1) -> the even dim's key
+        // pair in the low half, the odd dim's in the high half.
+        const uint32_t k0 = __byte_perm(b[2 * h], 0, 0x3120);      // keys 0-7 of the step
+        const uint32_t k8 = __byte_perm(b[2 * h + 1], 0, 0x3120);  // keys 8-15
+        mma_16816_f16(o[4 * i + 2 * h], a, e4m3x2_to_f16x2(k0), e4m3x2_to_f16x2(k8));
+        mma_16816_f16(o[4 * i + 2 * h + 1], a, e4m3x2_to_f16x2(k0 >> 16),
+                      e4m3x2_to_f16x2(k8 >> 16));
+      }
+    }
+  } else {
+    constexpr int kRow = smem_row<kHeadDim>();
+    const uint32_t a[4] = {pack_bf16x2(s[n][0], s[n][1]), pack_bf16x2(s[n][2], s[n][3]),
+                           pack_bf16x2(s[n + 1][0], s[n + 1][1]),
+                           pack_bf16x2(s[n + 1][2], s[n + 1][3])};
+    const __nv_bfloat16* base = reinterpret_cast<const __nv_bfloat16*>(v_rows) +
+                                (lane % 8 + ((lane / 8) % 2) * 8) * kRow + (lane / 16) * 8;
+#pragma unroll
+    for (int d = 0; d < kDTiles; d += 2) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, base + d * 8);
+      mma_16816(o[d], a, b[0], b[1]);
+      mma_16816(o[d + 1], a, b[2], b[3]);
+    }
   }
 }
 
-// s += Q K^T for the warp's 16 query rows (fragments qf) against 16 keys from `k_rows`
-// ([16][smem_row], shared memory) into 8-key tiles n and n + 1.
-template <int kHeadDim, int kTiles>
+// s += Q K^T for the warp's 16 query rows (fragments qf: load_q_fragments for a bf16 cache,
+// load_q_fragments_f16 for fp8) against 16 keys from `k_rows` ([16][kv_row_bytes], shared
+// memory) into 8-key tiles n and n + 1.
+template <int kHeadDim, bool kFp8, int kTiles>
 __device__ __forceinline__ void accumulate_qk(const uint32_t (&qf)[kHeadDim / 16][4],
-                                              const __nv_bfloat16* k_rows, int n,
+                                              const unsigned char* k_rows, int n,
                                               float (&s)[kTiles][4]) {
-  constexpr int kRow = smem_row<kHeadDim>();
   const int lane = threadIdx.x % 32;
-  const __nv_bfloat16* base = k_rows + ((lane / 16) * 8 + lane % 8) * kRow + ((lane / 8) % 2) * 8;
+  if constexpr (kFp8) {
+    constexpr int kRowBytes = kv_row_bytes<kHeadDim, true>();
+    // Matrix m = lane / 8 of each ldmatrix: keys 8 (m % 2) .. + 7 (tile n or n + 1), bytes
+    // 16 (m / 2) .. + 15 of the 32 dims of step i (k-step 2 i or 2 i + 1). A lane's register
+    // holds dims 4 quad .. + 3 of its k-step for key `group`: b0 the first pair, b1 the second.
+    const unsigned char* base =
+        k_rows + (((lane / 8) % 2) * 8 + lane % 8) * kRowBytes + (lane / 16) * 16;
 #pragma unroll
-  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-    uint32_t b[4];
-    ldmatrix_x4(b, base + kk * 16);
-    mma_16816(s[n], qf[kk], b[0], b[1]);
-    mma_16816(s[n + 1], qf[kk], b[2], b[3]);
+    for (int i = 0; i < kHeadDim / 32; ++i) {
+      uint32_t b[4];
+      ldmatrix_x4(b, base + i * 32);
+#pragma unroll
+      for (int m = 0; m < 4; ++m) {
+        mma_16816_f16(s[n + m % 2], qf[2 * i + m / 2], e4m3x2_to_f16x2(b[m]),
+                      e4m3x2_to_f16x2(b[m] >> 16));
+      }
+    }
+  } else {
+    constexpr int kRow = smem_row<kHeadDim>();
+    const __nv_bfloat16* base = reinterpret_cast<const __nv_bfloat16*>(k_rows) +
+                                ((lane / 16) * 8 + lane % 8) * kRow + ((lane / 8) % 2) * 8;
+#pragma unroll
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      uint32_t b[4];
+      ldmatrix_x4(b, base + kk * 16);
+      mma_16816(s[n], qf[kk], b[0], b[1]);
+      mma_16816(s[n + 1], qf[kk], b[2], b[3]);
+    }
   }
 }
 
@@ -212,6 +303,38 @@ __device__ __forceinline__ void load_q_fragments(const __nv_bfloat16* q_rows,
   const __nv_bfloat16* base = q_rows + (lane % 8 + ((lane / 8) % 2) * 8) * kRow + (lane / 16) * 8;
 #pragma unroll
   for (int kk = 0; kk < kHeadDim / 16; ++kk) ldmatrix_x4(qf[kk], base + kk * 16);
+}
+
+// As load_q_fragments, as f16 and with the columns in the order of the fp8 K fragments: k-step
+// kk's columns 2 quad, 2 quad + 1 (a0, a1) are dims 16 kk + 4 quad, + 1 and its columns
+// 8 + 2 quad, + 1 (a2, a3) are dims 16 kk + 4 quad + 2, + 3. Once per block: plain loads.
+template <int kHeadDim>
+__device__ __forceinline__ void load_q_fragments_f16(const __nv_bfloat16* q_rows,
+                                                     uint32_t (&qf)[kHeadDim / 16][4]) {
+  constexpr int kRow = smem_row<kHeadDim>();
+  const int lane = threadIdx.x % 32;
+  const __nv_bfloat16* row0 = q_rows + (lane / 4) * kRow + (lane % 4) * 4;  // row `group`
+  const __nv_bfloat16* row8 = row0 + 8 * kRow;                              // row group + 8
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+    const uint2 lo = *reinterpret_cast<const uint2*>(row0 + kk * 16);
+    const uint2 hi = *reinterpret_cast<const uint2*>(row8 + kk * 16);
+    qf[kk][0] = bf16x2_to_f16x2(lo.x);
+    qf[kk][1] = bf16x2_to_f16x2(hi.x);
+    qf[kk][2] = bf16x2_to_f16x2(lo.y);
+    qf[kk][3] = bf16x2_to_f16x2(hi.y);
+  }
+}
+
+// Loads the warp's q fragments in the form the cache's K fragments need.
+template <int kHeadDim, bool kFp8>
+__device__ __forceinline__ void load_q(const __nv_bfloat16* q_rows,
+                                       uint32_t (&qf)[kHeadDim / 16][4]) {
+  if constexpr (kFp8) {
+    load_q_fragments_f16<kHeadDim>(q_rows, qf);
+  } else {
+    load_q_fragments<kHeadDim>(q_rows, qf);
+  }
 }
 
 // --- prefill ---
@@ -228,19 +351,22 @@ __device__ __forceinline__ int64_t prefill_first_block(const Params& p, int seq)
 // grid = (row-tile blocks, num_kv_heads), kThreads threads. A block takes kRowTile consecutive
 // (query row, group head) pairs of one sequence and kv head; pair f is query row f / group, head
 // kv_head * group + f % group, so the heads of a GQA group share every K/V tile. Warp w holds
-// pairs [16 w, 16 w + 16) of the tile. Shared memory: Q [kRowTile][row], K and V
-// [2 stages][kKeyTile][row] (row = smem_row<kHeadDim>() bf16 elements).
-template <int kHeadDim>
+// pairs [16 w, 16 w + 16) of the tile. Shared memory: Q [kRowTile][row] (row =
+// smem_row<kHeadDim>() bf16 elements), K and V [2 stages][kKeyTile][kv_row_bytes] (bf16 or fp8
+// rows as the cache holds them).
+template <int kHeadDim, bool kFp8>
 __global__ void __launch_bounds__(kThreads) paged_prefill_kernel(const Params p) {
   pdl_wait();  // PDL contract (pdl.cuh): before any global access
   pdl_launch_dependents();
   constexpr int kRow = smem_row<kHeadDim>();
-  constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
-  constexpr int kDTiles = kHeadDim / 8;  // 8-column tiles of the output
-  constexpr int kTiles = kKeyTile / 8;   // 8-key tiles of the scores
+  constexpr int kKvRow = kv_row_bytes<kHeadDim, kFp8>();
+  constexpr int kStageBytes = kKeyTile * kKvRow;  // one K (or V) stage
+  constexpr int kChunks = kHeadDim / 8;           // 16-byte chunks per q row
+  constexpr int kDTiles = kHeadDim / 8;           // 8-column tiles of the output
+  constexpr int kTiles = kKeyTile / 8;            // 8-key tiles of the scores
   __nv_bfloat16* sq = reinterpret_cast<__nv_bfloat16*>(attention_smem);
-  __nv_bfloat16* sk = sq + kRowTile * kRow;
-  __nv_bfloat16* sv = sk + 2 * kKeyTile * kRow;
+  unsigned char* sk = reinterpret_cast<unsigned char*>(sq + kRowTile * kRow);
+  unsigned char* sv = sk + 2 * kStageBytes;
 
   // This block's sequence: the number of sequences whose first block is at or before it, less
   // one (first blocks increase with the sequence), counted by all threads in parallel.
@@ -286,8 +412,8 @@ __global__ void __launch_bounds__(kThreads) paged_prefill_kernel(const Params p)
   const int key_end = ctx_start + last_pair / group + 1;   // keys the last pair sees
   const int unmasked_end = ctx_start + pair0 / group + 1;  // keys every pair sees
   const int num_tiles = (key_end + kKeyTile - 1) / kKeyTile;
-  const KvSource kv = kv_source(p, seq, kv_head, kHeadDim);
-  load_kv_tile<kHeadDim>(kv, 0, key_end, sk, sv);
+  const KvSource kv = kv_source(p, seq, kv_head, kHeadDim * (kFp8 ? 1 : 2));
+  load_kv_tile<kHeadDim, kFp8>(kv, 0, key_end, sk, sv);
   cp_async_commit();
 
   const int warp = threadIdx.x / 32;
@@ -305,7 +431,7 @@ __global__ void __launch_bounds__(kThreads) paged_prefill_kernel(const Params p)
   cp_async_wait<1>();  // the Q tile; K/V tile 0 may still be in flight
   __syncthreads();
   uint32_t qf[kHeadDim / 16][4];
-  load_q_fragments<kHeadDim>(sq + warp * 16 * kRow, qf);
+  load_q<kHeadDim, kFp8>(sq + warp * 16 * kRow, qf);
   float o[kDTiles][4];
 #pragma unroll
   for (int d = 0; d < kDTiles; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
@@ -315,20 +441,22 @@ __global__ void __launch_bounds__(kThreads) paged_prefill_kernel(const Params p)
   for (int t = 0; t < num_tiles; ++t) {
     const int stage = t & 1;
     if (t + 1 < num_tiles) {
-      load_kv_tile<kHeadDim>(kv, (t + 1) * kKeyTile, key_end, sk + (stage ^ 1) * kKeyTile * kRow,
-                             sv + (stage ^ 1) * kKeyTile * kRow);
+      load_kv_tile<kHeadDim, kFp8>(kv, (t + 1) * kKeyTile, key_end, sk + (stage ^ 1) * kStageBytes,
+                                   sv + (stage ^ 1) * kStageBytes);
     }
     cp_async_commit();
     cp_async_wait<1>();  // tile t has landed
     __syncthreads();
-    const __nv_bfloat16* k_tile = sk + stage * kKeyTile * kRow;
-    const __nv_bfloat16* v_tile = sv + stage * kKeyTile * kRow;
+    const unsigned char* k_tile = sk + stage * kStageBytes;
+    const unsigned char* v_tile = sv + stage * kStageBytes;
 
     float s[kTiles][4];
 #pragma unroll
     for (int n = 0; n < kTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
 #pragma unroll
-    for (int n = 0; n < kTiles; n += 2) accumulate_qk<kHeadDim>(qf, k_tile + n * 8 * kRow, n, s);
+    for (int n = 0; n < kTiles; n += 2) {
+      accumulate_qk<kHeadDim, kFp8>(qf, k_tile + n * 8 * kKvRow, n, s);
+    }
 
     const int tile_start = t * kKeyTile;
     const bool needs_mask = tile_start + kKeyTile > unmasked_end;
@@ -345,24 +473,33 @@ __global__ void __launch_bounds__(kThreads) paged_prefill_kernel(const Params p)
     online_softmax(s, o, row_max, row_sum);
 #pragma unroll
     for (int n = 0; n < kTiles; n += 2) {
-      accumulate_pv<kHeadDim>(s, n, v_tile + n * 8 * kRow, o);
+      accumulate_pv<kHeadDim, kFp8>(s, n, v_tile + n * 8 * kKvRow, o);
     }
     __syncthreads();  // every warp is done with this stage before it is refilled
   }
 
-  // Every row sees key 0, so l >= 1.
+  // Every row sees key 0, so l >= 1. An fp8 cache's v_scale joins the normalization.
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int f = pair0 + warp * 16 + lane / 4 + 8 * i;
-    const float inv = 1.0f / quad_sum(row_sum[i]);
+    const float inv = (kFp8 ? p.v_scale : 1.0f) / quad_sum(row_sum[i]);
     if (f >= num_pairs) continue;
     __nv_bfloat16* dst =
-        p.out + (int64_t(q_begin + f / group) * p.num_heads + head0 + f % group) * kHeadDim +
-        quad * 2;
+        p.out + (int64_t(q_begin + f / group) * p.num_heads + head0 + f % group) * kHeadDim;
+    if constexpr (kFp8) {
+      // Dims 16 b + 4 quad .. + 3: even tile, odd tile, even, odd (accumulate_pv).
 #pragma unroll
-    for (int d = 0; d < kDTiles; ++d) {
-      *reinterpret_cast<uint32_t*>(dst + d * 8) =
-          pack_bf16x2(o[d][2 * i] * inv, o[d][2 * i + 1] * inv);
+      for (int b = 0; b < kDTiles / 2; ++b) {
+        *reinterpret_cast<uint2*>(dst + b * 16 + quad * 4) =
+            make_uint2(pack_bf16x2(o[2 * b][2 * i] * inv, o[2 * b + 1][2 * i] * inv),
+                       pack_bf16x2(o[2 * b][2 * i + 1] * inv, o[2 * b + 1][2 * i + 1] * inv));
+      }
+    } else {
+#pragma unroll
+      for (int d = 0; d < kDTiles; ++d) {
+        *reinterpret_cast<uint32_t*>(dst + d * 8 + quad * 2) =
+            pack_bf16x2(o[d][2 * i] * inv, o[d][2 * i + 1] * inv);
+      }
     }
   }
 }
@@ -391,20 +528,22 @@ __device__ __forceinline__ int decode_active_splits(int seq_len, int split_keys)
 // kKeyTile keys is shared by the 4 warps, 16 keys each, every warp with its own softmax state;
 // the block merges the four at the end. A sequence whose context fits one split writes its
 // output directly; otherwise each split leaves its partial state in the workspace for
-// merge_splits_kernel. Shared memory: Q [kDecodeRows][row], K and V [kStages][kKeyTile][row];
-// after the loop the K/V stages hold the warps' states.
-template <int kHeadDim, int kStages>
+// merge_splits_kernel. Shared memory: Q [kDecodeRows][row] (bf16), K and V
+// [kStages][kKeyTile][kv_row_bytes] (bf16 or fp8 rows as the cache holds them); after the loop
+// the K/V stages hold the warps' states.
+template <int kHeadDim, int kStages, bool kFp8>
 __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const Params p) {
   pdl_wait();  // PDL contract (pdl.cuh): before any global access
   pdl_launch_dependents();
   static_assert(kStages >= 2);
   constexpr int kRow = smem_row<kHeadDim>();
-  constexpr int kChunks = kHeadDim / 8;
+  constexpr int kKvRow = kv_row_bytes<kHeadDim, kFp8>();
+  constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per q row
   constexpr int kDTiles = kHeadDim / 8;
-  constexpr int kStageElems = kKeyTile * kRow;  // one K (or V) stage
+  constexpr int kStageBytes = kKeyTile * kKvRow;  // one K (or V) stage
   __nv_bfloat16* sq = reinterpret_cast<__nv_bfloat16*>(attention_smem);
-  __nv_bfloat16* sk = sq + kDecodeRows * kRow;
-  __nv_bfloat16* sv = sk + kStages * kStageElems;
+  unsigned char* sk = reinterpret_cast<unsigned char*>(sq + kDecodeRows * kRow);
+  unsigned char* sv = sk + kStages * kStageBytes;
 
   const int seq = blockIdx.x;
   const int passes = (p.group + kDecodeRows - 1) / kDecodeRows;
@@ -446,12 +585,12 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const Params p) 
   cp_async_commit();
   // Prologue: tiles 0 .. kStages - 2, one copy group each (empty past the last tile).
   const int num_tiles = (key_end - key_begin + kKeyTile - 1) / kKeyTile;
-  const KvSource kv = kv_source(p, seq, kv_head, kHeadDim);
+  const KvSource kv = kv_source(p, seq, kv_head, kHeadDim * (kFp8 ? 1 : 2));
 #pragma unroll
   for (int t = 0; t < kStages - 1; ++t) {
     if (t < num_tiles) {
-      load_kv_tile<kHeadDim>(kv, key_begin + t * kKeyTile, key_end, sk + t * kStageElems,
-                             sv + t * kStageElems);
+      load_kv_tile<kHeadDim, kFp8>(kv, key_begin + t * kKeyTile, key_end, sk + t * kStageBytes,
+                                   sv + t * kStageBytes);
     }
     cp_async_commit();
   }
@@ -462,7 +601,7 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const Params p) 
   cp_async_wait<kStages - 1>();  // the Q rows; the prologue's tiles may still be in flight
   __syncthreads();
   uint32_t qf[kHeadDim / 16][4];
-  load_q_fragments<kHeadDim>(sq, qf);
+  load_q<kHeadDim, kFp8>(sq, qf);
   float o[kDTiles][4];
 #pragma unroll
   for (int d = 0; d < kDTiles; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
@@ -480,13 +619,13 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const Params p) 
     __syncthreads();
     const int next = t + kStages - 1;
     if (next < num_tiles) {
-      load_kv_tile<kHeadDim>(kv, key_begin + next * kKeyTile, key_end, sk + refill * kStageElems,
-                             sv + refill * kStageElems);
+      load_kv_tile<kHeadDim, kFp8>(kv, key_begin + next * kKeyTile, key_end,
+                                   sk + refill * kStageBytes, sv + refill * kStageBytes);
     }
     cp_async_commit();
 
     float s[2][4] = {};
-    accumulate_qk<kHeadDim>(qf, sk + stage * kStageElems + warp * 16 * kRow, 0, s);
+    accumulate_qk<kHeadDim, kFp8>(qf, sk + stage * kStageBytes + warp * 16 * kKvRow, 0, s);
     const int key0 = key_begin + t * kKeyTile + warp * 16;
 #pragma unroll
     for (int n = 0; n < 2; ++n) {
@@ -497,7 +636,7 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const Params p) 
       }
     }
     online_softmax(s, o, row_max, row_sum);
-    accumulate_pv<kHeadDim>(s, 0, sv + stage * kStageElems + warp * 16 * kRow, o);
+    accumulate_pv<kHeadDim, kFp8>(s, 0, sv + stage * kStageBytes + warp * 16 * kKvRow, o);
     stage = stage == kStages - 1 ? 0 : stage + 1;
     refill = refill == kStages - 1 ? 0 : refill + 1;
   }
@@ -512,10 +651,19 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const Params p) 
   for (int i = 0; i < 2; ++i) {
     const int r = warp * kDecodeRows + lane / 4 + 8 * i;
     const float l = quad_sum(row_sum[i]);
+    if constexpr (kFp8) {
+      // Dims 16 b + 4 quad .. + 3: even tile, odd tile, even, odd (accumulate_pv).
 #pragma unroll
-    for (int d = 0; d < kDTiles; ++d) {
-      *reinterpret_cast<float2*>(so + r * kHeadDim + d * 8 + quad * 2) =
-          make_float2(o[d][2 * i], o[d][2 * i + 1]);
+      for (int b = 0; b < kDTiles / 2; ++b) {
+        *reinterpret_cast<float4*>(so + r * kHeadDim + b * 16 + quad * 4) = make_float4(
+            o[2 * b][2 * i], o[2 * b + 1][2 * i], o[2 * b][2 * i + 1], o[2 * b + 1][2 * i + 1]);
+      }
+    } else {
+#pragma unroll
+      for (int d = 0; d < kDTiles; ++d) {
+        *reinterpret_cast<float2*>(so + r * kHeadDim + d * 8 + quad * 2) =
+            make_float2(o[d][2 * i], o[d][2 * i + 1]);
+      }
     }
     if (quad == 0) {
       sm[r] = row_max[i];
@@ -540,6 +688,8 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const Params p) 
         acc += weight * so[(w * kDecodeRows + r) * kHeadDim + d];
       }
     }
+    // An fp8 cache's v_scale: the outputs, partial or not, are linear in V.
+    if constexpr (kFp8) acc *= p.v_scale;
     const int head = first_head + r;
     if (direct) {
       p.out[(int64_t(token) * p.num_heads + head) * kHeadDim + d] =
@@ -619,6 +769,16 @@ void check_launch(const char* op, const __nv_bfloat16* q, int64_t num_heads,
                  cache.block_size > 0 && cache.block_size <= INT_MAX,
              kInvalidArgument, "{}: bad KV cache [{}, {}, {}, {}]", op, cache.num_blocks,
              cache.block_size, cache.num_kv_heads, cache.head_dim);
+  ATOM_CHECK(cache.dtype == DType::kBF16 || cache.dtype == DType::kF8E4M3, kUnsupported,
+             "{}: a {} KV cache is not supported on CUDA (bf16, f8e4m3)", op,
+             dtype_name(cache.dtype));
+  if (cache.dtype == DType::kF8E4M3) {
+    // Zero, negative, inf or NaN scales would turn every score or output into garbage.
+    ATOM_CHECK(std::isfinite(cache.k_scale) && cache.k_scale > 0.0f &&
+                   std::isfinite(cache.v_scale) && cache.v_scale > 0.0f,
+               kInvalidArgument, "{}: fp8 KV cache scales must be positive and finite (k {}, v {})",
+               op, cache.k_scale, cache.v_scale);
+  }
   ATOM_CHECK(q != nullptr && out != nullptr && batch.cu_seqlens_q != nullptr &&
                  batch.seq_lens != nullptr && batch.block_tables != nullptr,
              kInvalidArgument, "{}: missing q, out or batch metadata", op);
@@ -643,8 +803,8 @@ Params make_params(const __nv_bfloat16* q, int64_t num_heads, const PagedKvCache
   Params p{};
   p.q = q;
   p.out = out;
-  p.k_cache = cache.k;
-  p.v_cache = cache.v;
+  p.k_cache = static_cast<const unsigned char*>(cache.k);
+  p.v_cache = static_cast<const unsigned char*>(cache.v);
   p.cu_seqlens_q = batch.cu_seqlens_q;
   p.seq_lens = batch.seq_lens;
   p.block_tables = batch.block_tables;
@@ -656,8 +816,16 @@ Params make_params(const __nv_bfloat16* q, int64_t num_heads, const PagedKvCache
   p.num_heads = int(num_heads);
   p.num_kv_heads = int(cache.num_kv_heads);
   p.group = int(num_heads / cache.num_kv_heads);
-  p.scale_log2 = scale * kLog2e;
   p.num_splits = 1;
+  if (cache.dtype == DType::kF8E4M3) {
+    // Scores q . (e4m3 * k_scale) * scale = q . e4m3 * (scale * k_scale); outputs
+    // sum p (e4m3 * v_scale) / l = v_scale * sum p e4m3 / l.
+    p.scale_log2 = scale * cache.k_scale * kLog2e;
+    p.v_scale = cache.v_scale;
+  } else {
+    p.scale_log2 = scale * kLog2e;
+    p.v_scale = 1.0f;
+  }
   return p;
 }
 
@@ -670,27 +838,29 @@ void launch(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, const Pa
   launch_pdl(kernel, grid, kThreads, smem, stream, p);
 }
 
-template <int kHeadDim>
+template <int kHeadDim, bool kFp8>
 void launch_decode(const Params& p, int64_t num_seqs, cudaStream_t stream) {
-  constexpr size_t kSmem = decode_smem_bytes<kHeadDim>();
+  constexpr size_t kSmem = decode_smem_bytes<kHeadDim, kFp8>();
   // The warps' f32 states fit in the K/V stages after the loop.
   static_assert(kSmem >= size_t(kDecodeRows) * smem_row<kHeadDim>() * 2 +
                              size_t(kWarps) * kDecodeRows * (kHeadDim + 2) * sizeof(float));
   const dim3 grid(unsigned(num_seqs), unsigned(p.num_kv_heads * head_passes(p.group)),
                   unsigned(p.num_splits));
-  launch(paged_decode_kernel<kHeadDim, decode_stages<kHeadDim>()>, grid, kSmem, stream, p);
+  launch(paged_decode_kernel<kHeadDim, decode_stages<kHeadDim, kFp8>(), kFp8>, grid, kSmem, stream,
+         p);
   if (p.num_splits > 1) {
     launch_pdl(merge_splits_kernel<kHeadDim>, dim3(unsigned(num_seqs), unsigned(p.num_heads)),
                kHeadDim, 0, stream, p);
   }
 }
 
-template <int kHeadDim>
+template <int kHeadDim, bool kFp8>
 void launch_prefill(const Params& p, int64_t row_blocks, cudaStream_t stream) {
-  constexpr size_t kSmem =
-      size_t(kRowTile + 4 * kKeyTile) * smem_row<kHeadDim>() * sizeof(__nv_bfloat16);
+  // Q, then K and V of 2 stages each.
+  constexpr size_t kSmem = size_t(kRowTile) * smem_row<kHeadDim>() * sizeof(__nv_bfloat16) +
+                           size_t(4 * kKeyTile) * kv_row_bytes<kHeadDim, kFp8>();
   const dim3 grid(unsigned(row_blocks), unsigned(p.num_kv_heads));
-  launch(paged_prefill_kernel<kHeadDim>, grid, kSmem, stream, p);
+  launch(paged_prefill_kernel<kHeadDim, kFp8>, grid, kSmem, stream, p);
 }
 
 int device_multiprocessors() {
@@ -800,10 +970,15 @@ void launch_paged_attention_decode(const __nv_bfloat16* q, int64_t num_heads,
     p.part_max = p.part_out + parts * cache.head_dim;
     p.part_sum = p.part_max + parts;
   }
-  if (cache.head_dim == 64) {
-    launch_decode<64>(p, batch.num_seqs, stream);
+  const bool fp8 = cache.dtype == DType::kF8E4M3;
+  if (cache.head_dim == 64 && fp8) {
+    launch_decode<64, true>(p, batch.num_seqs, stream);
+  } else if (cache.head_dim == 64) {
+    launch_decode<64, false>(p, batch.num_seqs, stream);
+  } else if (fp8) {
+    launch_decode<128, true>(p, batch.num_seqs, stream);
   } else {
-    launch_decode<128>(p, batch.num_seqs, stream);
+    launch_decode<128, false>(p, batch.num_seqs, stream);
   }
 }
 
@@ -821,10 +996,15 @@ void launch_paged_attention_prefill(const __nv_bfloat16* q, int64_t num_heads,
              "paged_attention prefill: {} tokens in {} sequences exceed one launch",
              batch.num_tokens, batch.num_seqs);
   const Params p = make_params(q, num_heads, cache, batch, scale, out);
-  if (cache.head_dim == 64) {
-    launch_prefill<64>(p, row_blocks, stream);
+  const bool fp8 = cache.dtype == DType::kF8E4M3;
+  if (cache.head_dim == 64 && fp8) {
+    launch_prefill<64, true>(p, row_blocks, stream);
+  } else if (cache.head_dim == 64) {
+    launch_prefill<64, false>(p, row_blocks, stream);
+  } else if (fp8) {
+    launch_prefill<128, true>(p, row_blocks, stream);
   } else {
-    launch_prefill<128>(p, row_blocks, stream);
+    launch_prefill<128, false>(p, row_blocks, stream);
   }
 }
 
@@ -848,7 +1028,7 @@ void paged_attention(const __nv_bfloat16* q, int64_t num_heads, const PagedKvCac
 void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                      const Tensor& cu_seqlens_q, const Tensor& seq_lens, const Tensor& block_tables,
                      int64_t max_q_len, int64_t max_seq_len, float scale, const Tensor& out,
-                     const Tensor& workspace, cudaStream_t stream) {
+                     const Tensor& workspace, cudaStream_t stream, float k_scale, float v_scale) {
   constexpr const char* kOp = "paged_attention";
   ATOM_CHECK(q.ndim() == 3 && k_cache.ndim() == 4 && v_cache.ndim() == 4, kInvalidArgument,
              "{}: q {} must be [tokens, heads, head_dim] and the caches {} {} "
@@ -865,10 +1045,14 @@ void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
   }
   ATOM_CHECK(k_cache.size(3) == q.size(2), kInvalidArgument,
              "{}: q head_dim {} but the cache has {}", kOp, q.size(2), k_cache.size(3));
-  for (const Tensor* t : {&q, &k_cache, &v_cache, &out}) {
+  for (const Tensor* t : {&q, &out}) {
     ATOM_CHECK(t->dtype() == DType::kBF16, kUnsupported, "{}: dtype {} is not supported (bf16)",
                kOp, dtype_name(t->dtype()));
   }
+  ATOM_CHECK(k_cache.dtype() == v_cache.dtype() &&
+                 (k_cache.dtype() == DType::kBF16 || k_cache.dtype() == DType::kF8E4M3),
+             kUnsupported, "{}: KV cache dtypes {} and {} are not supported (both bf16 or f8e4m3)",
+             kOp, dtype_name(k_cache.dtype()), dtype_name(v_cache.dtype()));
   const int64_t num_seqs = seq_lens.ndim() == 1 ? seq_lens.size(0) : -1;
   ATOM_CHECK(num_seqs >= 0 && cu_seqlens_q.ndim() == 1 && cu_seqlens_q.size(0) == num_seqs + 1 &&
                  block_tables.ndim() == 2 && block_tables.size(0) == num_seqs,
@@ -887,12 +1071,9 @@ void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
   ATOM_CHECK(!workspace.defined() || workspace.device() == Device::kCuda, kInvalidArgument,
              "{}: the workspace must be on the GPU", kOp);
 
-  const PagedKvCache cache{k_cache.data_as<const __nv_bfloat16>(),
-                           v_cache.data_as<const __nv_bfloat16>(),
-                           k_cache.size(0),
-                           k_cache.size(1),
-                           k_cache.size(2),
-                           k_cache.size(3)};
+  const PagedKvCache cache{k_cache.data(),  v_cache.data(),  k_cache.size(0),
+                           k_cache.size(1), k_cache.size(2), k_cache.size(3),
+                           k_cache.dtype(), k_scale,         v_scale};
   PagedAttentionBatch batch;
   batch.cu_seqlens_q = cu_seqlens_q.data_as<const int32_t>();
   batch.seq_lens = seq_lens.data_as<const int32_t>();

@@ -1,8 +1,12 @@
-// Paged attention on the GPU (bf16 q, KV cache and output; f32 softmax and accumulation), with the
-// semantics of cpu::paged_attention: varlen, causal, GQA, reading each sequence's context (cached
-// prefix plus its new tokens, already in the cache) through its block table.
+// Paged attention on the GPU (bf16 q and output, a bf16 or fp8 e4m3 KV cache; f32 softmax and
+// accumulation), with the semantics of cpu::paged_attention: varlen, causal, GQA, reading each
+// sequence's context (cached prefix plus its new tokens, already in the cache) through its block
+// table.
 //
-// Two kernels, both on bf16 tensor cores (mma.sync m16n8k16, f32 accumulators):
+// Two kernels, both on 16-bit tensor cores (mma.sync m16n8k16, f32 accumulators): bf16 for a bf16
+// cache; f16 for an fp8 cache, whose tiles are copied to shared memory as fp8 (half the bytes)
+// and converted while the mma fragments are built (e4m3 -> f16 is exact and one instruction per
+// pair; q is rounded once from bf16 to f16, exact for magnitudes 2^-17 to 65504, saturated above):
 // - decode (every sequence has one query row): one thread block per (sequence, kv head, split),
 //   the query heads of the GQA group as the rows of one tile so each K/V byte is read once per
 //   group; the grid's key splits (flash-decoding) divide each sequence's own context, read on
@@ -28,13 +32,20 @@ namespace atom::cuda {
 
 // One layer's paged KV cache on the GPU. Token slot s lives at block s / block_size, offset
 // s % block_size. head_dim 64 or 128; any block_size >= 1.
+// Element type: bf16, or fp8 e4m3 (float8_e4m3fn, `--kv_cache_dtype fp8`) with per-tensor scales:
+// the cache holds e4m3(x / k_scale) and the kernels read e4m3 * k_scale (v likewise), as
+// launch_qkv_rope_and_cache writes it. The scales are 1.0 when the checkpoint gives none; a bf16
+// cache ignores them.
 struct PagedKvCache {
-  const __nv_bfloat16* k = nullptr;  // [num_blocks, block_size, num_kv_heads, head_dim]
-  const __nv_bfloat16* v = nullptr;  // [num_blocks, block_size, num_kv_heads, head_dim]
+  const void* k = nullptr;  // [num_blocks, block_size, num_kv_heads, head_dim] of dtype
+  const void* v = nullptr;  // [num_blocks, block_size, num_kv_heads, head_dim] of dtype
   int64_t num_blocks = 0;
   int64_t block_size = 0;
   int64_t num_kv_heads = 0;
   int64_t head_dim = 0;
+  DType dtype = DType::kBF16;  // kBF16 or kF8E4M3 (kUnsupported otherwise)
+  float k_scale = 1.0f;        // fp8: positive and finite
+  float v_scale = 1.0f;
 };
 
 // Batch metadata: device pointers plus the host-side facts the runner knows without reading the
@@ -109,13 +120,15 @@ void paged_attention(const __nv_bfloat16* q, int64_t num_heads, const PagedKvCac
 
 // Tensors on the GPU, all contiguous:
 //   q, out: [num_tokens, num_heads, head_dim] bf16
-//   k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim] bf16
+//   k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim] bf16, or both f8e4m3
+//     (then read as e4m3 * k_scale and e4m3 * v_scale; a bf16 cache ignores the scales)
 //   cu_seqlens_q: [num_seqs + 1] i32; seq_lens: [num_seqs] i32;
 //   block_tables: [num_seqs, max_blocks_per_seq] i32
 //   workspace: any dtype, at least paged_attention_workspace_bytes bytes (undefined when 0)
 void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                      const Tensor& cu_seqlens_q, const Tensor& seq_lens, const Tensor& block_tables,
                      int64_t max_q_len, int64_t max_seq_len, float scale, const Tensor& out,
-                     const Tensor& workspace, cudaStream_t stream);
+                     const Tensor& workspace, cudaStream_t stream, float k_scale = 1.0f,
+                     float v_scale = 1.0f);
 
 }  // namespace atom::cuda

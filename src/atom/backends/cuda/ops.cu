@@ -3,6 +3,7 @@
 // the rows and pointers allow them; the rest is scalar bf16 with f32 math, rounded where HF's bf16
 // ops round.
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -255,11 +256,22 @@ void check_heads(const char* op, int64_t heads, int64_t head_dim) {
              heads, head_dim);
 }
 
-void check_cache(const char* op, const KvCacheWrite& cache) {
+// fp8: whether the fused kernel (the only one that writes fp8) may take this cache.
+void check_cache(const char* op, const KvCacheWrite& cache, bool fp8_ok) {
   ATOM_CHECK(cache.slot_mapping != nullptr && cache.k_cache != nullptr &&
                  cache.v_cache != nullptr && cache.num_slots >= 0,
              kInvalidArgument, "{}: the KV cache write needs slot_mapping, k_cache and v_cache",
              op);
+  const bool fp8 = cache.dtype == DType::kF8E4M3;
+  ATOM_CHECK(cache.dtype == DType::kBF16 || (fp8 && fp8_ok), kUnsupported,
+             "{}: a {} KV cache is not supported ({})", op, dtype_name(cache.dtype),
+             fp8_ok ? "bf16, f8e4m3" : "bf16; launch_qkv_rope_and_cache writes f8e4m3");
+  if (fp8) {
+    ATOM_CHECK(std::isfinite(cache.k_scale) && cache.k_scale > 0.0f &&
+                   std::isfinite(cache.v_scale) && cache.v_scale > 0.0f,
+               kInvalidArgument, "{}: fp8 KV cache scales must be positive and finite (k {}, v {})",
+               op, cache.k_scale, cache.v_scale);
+  }
 }
 
 void launch_rope_cache(const RopeCacheKernelArgs& args, int64_t n, cudaStream_t stream) {
@@ -288,9 +300,11 @@ struct QkvRopeCacheKernelArgs {
   const float* inv_freq;     // [half]
   float attention_factor;
   const int32_t* slot_mapping;  // [n]
-  bf16* k_cache;                // [num_slots, num_kv_heads, head_dim]
-  bf16* v_cache;                // [num_slots, num_kv_heads, head_dim]
+  void* k_cache;                // [num_slots, num_kv_heads, head_dim] bf16 or fp8 e4m3
+  void* v_cache;                // [num_slots, num_kv_heads, head_dim] bf16 or fp8 e4m3
   int64_t num_slots;
+  float k_scale;  // fp8: the stored value is e4m3(x / scale)
+  float v_scale;
   bf16* q_out;  // [n, num_heads, head_dim]
   int num_heads;
   int num_kv_heads;
@@ -298,6 +312,27 @@ struct QkvRopeCacheKernelArgs {
   int half;             // rotary_dim / 2, > 0
   int heads_per_block;  // blockDim.x / kLanes
 };
+
+// A packet of 8 bf16 values as 8 e4m3 bytes (element j in byte j): each value divided by `scale`
+// in f32 (IEEE division, as the host's reference), then rounded to nearest even with saturation
+// to +-448 (cvt.rn.satfinite.e4m3x2.f32; NaN stays NaN).
+__device__ __forceinline__ uint2 to_e4m3x8(const Packet<bf16, kBf16Vec>& x, float scale) {
+  static_assert(kBf16Vec == 8);
+  uint32_t word[2];
+#pragma unroll
+  for (int w = 0; w < 2; ++w) {
+    uint32_t bytes = 0;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const float2 f = make_float2(__fdiv_rn(to_f32(x.v[4 * w + 2 * j]), scale),
+                                   __fdiv_rn(to_f32(x.v[4 * w + 2 * j + 1]), scale));
+      const __nv_fp8x2_storage_t pair = __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
+      bytes |= uint32_t(pair) << (16 * j);  // f.x in the low byte of the pair
+    }
+    word[w] = bytes;
+  }
+  return make_uint2(word[0], word[1]);
+}
 
 // Sum of v over each group of kLanes consecutive lanes (kLanes a power of two <= 32), returned to
 // every lane of the group; all 32 lanes of the warp call it. Each xor step adds the same two
@@ -320,10 +355,11 @@ __device__ __forceinline__ float group_sum(float v) {
 //   q, k: RMSNorm with the sum of squares reduced in rms_norm_kernel's order (group_sum) and
 //         rounded by the same apply_norm; then the rotation by the same `rotate`, each lane
 //         reading its pairs' other halves from the group's normed row staged in shared memory;
-//   q -> q_out; k and v -> the caches at slot_mapping[t] (a slot of -1 or >= num_slots: none).
+//   q -> q_out; k and v -> the caches at slot_mapping[t] (a slot of -1 or >= num_slots: none),
+//   as they are (bf16) or, kFp8, quantized by to_e4m3x8 (one 8-byte store a lane).
 // Dynamic shared memory: 2 * half floats (the token's cos, then sin), filled once per block.
 // Every lane reaches each barrier and shuffle: control flow is uniform until the stores.
-template <int kLanes>
+template <int kLanes, bool kFp8>
 __global__ void __launch_bounds__(kQkvMaxThreads) qkv_rope_cache_kernel(QkvRopeCacheKernelArgs p) {
   pdl_wait();  // PDL contract (pdl.cuh): before any global access
   pdl_launch_dependents();
@@ -425,8 +461,14 @@ __global__ void __launch_bounds__(kQkvMaxThreads) qkv_rope_cache_kernel(QkvRopeC
     *reinterpret_cast<P*>(p.q_out + (t * p.num_heads + head) * hd + e0) = x;
   } else if (slot >= 0) {
     const int kv_head = head - (is_v ? rotated_heads : p.num_heads);
-    bf16* cache = is_v ? p.v_cache : p.k_cache;
-    *reinterpret_cast<P*>(cache + (slot * p.num_kv_heads + kv_head) * hd + e0) = x;
+    const int64_t at = (slot * p.num_kv_heads + kv_head) * hd + e0;  // element index
+    if constexpr (kFp8) {
+      unsigned char* cache = static_cast<unsigned char*>(is_v ? p.v_cache : p.k_cache);
+      *reinterpret_cast<uint2*>(cache + at) = to_e4m3x8(x, is_v ? p.v_scale : p.k_scale);
+    } else {
+      bf16* cache = static_cast<bf16*>(is_v ? p.v_cache : p.k_cache);
+      *reinterpret_cast<P*>(cache + at) = x;
+    }
   }
 }
 
@@ -588,15 +630,15 @@ void launch_reshape_and_cache(const bf16* k, const bf16* v, const KvCacheWrite& 
                               int64_t num_kv_heads, int64_t head_dim, cudaStream_t stream) {
   check_rows("reshape_and_cache", n);
   check_heads("reshape_and_cache", num_kv_heads, head_dim);
-  check_cache("reshape_and_cache", cache);
+  check_cache("reshape_and_cache", cache, false);
   RopeCacheKernelArgs args{};
   // The kernel reads k only to rotate it or to copy it to the cache; without rotation it is
   // never written.
   args.k = const_cast<bf16*>(k);
   args.v = v;
   args.slot_mapping = cache.slot_mapping;
-  args.k_cache = cache.k_cache;
-  args.v_cache = cache.v_cache;
+  args.k_cache = static_cast<bf16*>(cache.k_cache);
+  args.v_cache = static_cast<bf16*>(cache.v_cache);
   args.num_slots = cache.num_slots;
   args.num_kv_heads = int(num_kv_heads);
   args.head_dim = int(head_dim);
@@ -610,7 +652,7 @@ void launch_rope_and_cache(bf16* q, bf16* k, const bf16* v, const RopeArgs& rope
   check_heads("rope_and_cache", num_heads, head_dim);
   check_heads("rope_and_cache", num_kv_heads, head_dim);
   check_rope("rope_and_cache", rope, head_dim);
-  check_cache("rope_and_cache", cache);
+  check_cache("rope_and_cache", cache, false);
   RopeCacheKernelArgs args{};
   args.q = q;
   args.k = k;
@@ -619,8 +661,8 @@ void launch_rope_and_cache(bf16* q, bf16* k, const bf16* v, const RopeArgs& rope
   args.inv_freq = rope.inv_freq;
   args.attention_factor = rope.attention_factor;
   args.slot_mapping = cache.slot_mapping;
-  args.k_cache = cache.k_cache;
-  args.v_cache = cache.v_cache;
+  args.k_cache = static_cast<bf16*>(cache.k_cache);
+  args.v_cache = static_cast<bf16*>(cache.v_cache);
   args.num_slots = cache.num_slots;
   args.num_heads = int(num_heads);
   args.num_kv_heads = int(num_kv_heads);
@@ -639,7 +681,7 @@ void launch_qkv_rope_and_cache(const bf16* qkv, const bf16* q_norm, const bf16* 
              op, num_heads, num_kv_heads);
   check_heads(op, num_heads + 2 * num_kv_heads, head_dim);  // one token's qkv row
   check_rope(op, rope, head_dim);
-  check_cache(op, cache);
+  check_cache(op, cache, true);
   ATOM_CHECK(qkv != nullptr && q_out != nullptr, kInvalidArgument, "{}: qkv and q_out are required",
              op);
   ATOM_CHECK((q_norm == nullptr) == (k_norm == nullptr), kInvalidArgument,
@@ -667,6 +709,8 @@ void launch_qkv_rope_and_cache(const bf16* qkv, const bf16* q_norm, const bf16* 
   args.k_cache = cache.k_cache;
   args.v_cache = cache.v_cache;
   args.num_slots = cache.num_slots;
+  args.k_scale = cache.k_scale;
+  args.v_scale = cache.v_scale;
   args.q_out = q_out;
   args.num_heads = int(num_heads);
   args.num_kv_heads = int(num_kv_heads);
@@ -686,15 +730,19 @@ void launch_qkv_rope_and_cache(const bf16* qkv, const bf16* q_norm, const bf16* 
   const dim3 grid{unsigned(n), unsigned(groups)};
   const int threads = int(warps * 32);
   const size_t smem = size_t(2 * args.half) * sizeof(float);  // <= 1 KiB: head_dim <= 256
+  const bool fp8 = cache.dtype == DType::kF8E4M3;
   switch (lanes) {
     case 8:
-      launch_pdl(qkv_rope_cache_kernel<8>, grid, threads, smem, stream, args);
+      launch_pdl(fp8 ? qkv_rope_cache_kernel<8, true> : qkv_rope_cache_kernel<8, false>, grid,
+                 threads, smem, stream, args);
       break;
     case 16:
-      launch_pdl(qkv_rope_cache_kernel<16>, grid, threads, smem, stream, args);
+      launch_pdl(fp8 ? qkv_rope_cache_kernel<16, true> : qkv_rope_cache_kernel<16, false>, grid,
+                 threads, smem, stream, args);
       break;
     default:
-      launch_pdl(qkv_rope_cache_kernel<32>, grid, threads, smem, stream, args);
+      launch_pdl(fp8 ? qkv_rope_cache_kernel<32, true> : qkv_rope_cache_kernel<32, false>, grid,
+                 threads, smem, stream, args);
       break;
   }
 }

@@ -55,11 +55,19 @@ struct RopeArgs {
 // Where a batch's K and V rows go in one layer's paged cache. Each cache is
 // [num_blocks, block_size, num_kv_heads, head_dim], so slot s (block s / block_size, offset
 // s % block_size) is simply row s of [num_slots, num_kv_heads, head_dim].
+// Element type: bf16, or fp8 e4m3 (float8_e4m3fn, `--kv_cache_dtype fp8`; only
+// launch_qkv_rope_and_cache writes it, the others reject it): the bf16 value the bf16 cache would
+// hold, divided by k_scale (v_scale for V) in f32 and converted to e4m3 rounding to nearest even
+// and saturating to +-448 (cvt.rn.satfinite: atom::f32_to_fp8e4m3). paged_attention reads it back
+// as e4m3 * scale (PagedKvCache's scales must be the same).
 struct KvCacheWrite {
   const int32_t* slot_mapping = nullptr;  // [n] (device); -1 = skip (padding)
-  __nv_bfloat16* k_cache = nullptr;
-  __nv_bfloat16* v_cache = nullptr;
+  void* k_cache = nullptr;                // [num_slots, num_kv_heads, head_dim] of dtype
+  void* v_cache = nullptr;                // [num_slots, num_kv_heads, head_dim] of dtype
   int64_t num_slots = 0;  // num_blocks * block_size; a slot >= num_slots is skipped, not written
+  DType dtype = DType::kBF16;  // kBF16 or kF8E4M3 (kUnsupported otherwise)
+  float k_scale = 1.0f;        // fp8: positive and finite; a bf16 cache ignores the scales
+  float v_scale = 1.0f;
 };
 
 // In place: NeoX rotation of the first rotary_dim of each head.   x: [n, num_heads, head_dim]
@@ -67,6 +75,7 @@ void launch_rope_neox(__nv_bfloat16* x, const RopeArgs& rope, int64_t n, int64_t
                       int64_t head_dim, cudaStream_t stream);
 
 // Copies k and v rows into the cache (cpu::reshape_and_cache).   k, v: [n, num_kv_heads, head_dim]
+// bf16 caches only (kUnsupported for fp8), as launch_rope_and_cache.
 void launch_reshape_and_cache(const __nv_bfloat16* k, const __nv_bfloat16* v,
                               const KvCacheWrite& cache, int64_t n, int64_t num_kv_heads,
                               int64_t head_dim, cudaStream_t stream);
@@ -83,7 +92,8 @@ void launch_rope_and_cache(__nv_bfloat16* q, __nv_bfloat16* k, const __nv_bfloat
 // rope_and_cache, with the same bits as that sequence: per token, each q head and each k head of
 // the fused projection is RMS-normed with q_norm / k_norm (as launch_rms_norm rounds it; both
 // null: no norm, as Llama), then rotated as launch_rope_and_cache rotates it; q goes to q_out,
-// the rotated k and v to the cache at slot_mapping[t] (-1 or >= num_slots: not written).
+// the rotated k and v to the cache at slot_mapping[t] (-1 or >= num_slots: not written): as
+// they are to a bf16 cache, quantized from those bf16 values to an fp8 one (KvCacheWrite).
 //   qkv: [n, (num_heads + 2 * num_kv_heads) * head_dim] (q heads, then k, then v);
 //   q_norm, k_norm: [head_dim] or both null; q_out: [n, num_heads, head_dim]
 // head_dim: a multiple of 8 up to 256 (kUnsupported otherwise); qkv, q_out, the caches and the
