@@ -299,8 +299,9 @@ TEST(Cli, AtomsOtherEngineFlags) {
   RunResult r = atom_run({"generate", "--prompt", "x", "--max-tokens", "2", "--level", "0",
                           "--kv_cache_dtype", "bf16", "--num-speculative-tokens", "2"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
-  expect_clean_error(atom_run({"generate", "--prompt", "x", "--kv_cache_dtype", "fp8"}),
-                     "fp8 KV cache is not implemented yet");
+  expect_clean_error(
+      atom_run({"generate", "--device", "cpu", "--prompt", "x", "--kv_cache_dtype", "fp8"}),
+      "an fp8 KV cache runs on device 'cuda' only");
   expect_clean_error(atom_run({"generate", "--prompt", "x", "--method", "mtp"}),
                      "speculative decoding is not implemented yet");
   expect_clean_error(atom_run({"generate", "--prompt", "x", "--level", "4"}), "--level");
@@ -417,12 +418,13 @@ TEST(Cli, EnvironmentVariablesTakeEffect) {
   expect_clean_error(atom_run(gen, "", {"ATOM_LOG_MORE=yes"}), "ATOM_LOG_MORE");
 }
 
-// -tp/-dp and the ATOM_DP_* variables: more than one rank is refused at start-up, before the
-// model is looked for, naming the flag or variable; bad values likewise; ATOM's two-letter short
-// flags are understood in their argparse forms (-tp 2, -tp=2, -tp2).
+// -tp/-dp and the ATOM_DP_* variables: what a command cannot run is refused at start-up, before
+// the model is looked for, naming the flag or variable: data parallelism outside `atom serve`,
+// tensor parallelism on the CPU; bad values likewise. ATOM's two-letter short flags are understood
+// in their argparse forms (-tp 2, -tp=2, -tp2).
 TEST(Cli, MultiGpuParallelismIsAClearError) {
-  const std::vector<std::string> gen = {
-      "generate", "--model", "/no/such/model.gguf", "--prompt", "Hi", "--max-tokens", "1"};
+  const std::vector<std::string> gen = {"generate", "--model", "/no/such/model.gguf", "--device",
+                                        "cpu", "--prompt", "Hi", "--max-tokens", "1"};
   const auto with = [&](std::initializer_list<std::string> extra) {
     std::vector<std::string> args = gen;
     args.insert(args.end(), extra);
@@ -432,18 +434,17 @@ TEST(Cli, MultiGpuParallelismIsAClearError) {
        {atom_run(with({"-tp", "2"})), atom_run(with({"-tp=2"})), atom_run(with({"-tp2"})),
         atom_run(with({"--tensor-parallel-size", "2"}))}) {
     expect_clean_error(r,
-                       "--tensor-parallel-size 2: multi-GPU tensor and data parallelism are "
-                       "not implemented yet");
+                       "--tensor-parallel-size 2: tensor parallelism runs on device 'cuda' only");
     EXPECT_EQ(r.err.find("/no/such"), std::string::npos) << r.err;  // refused before loading
   }
-  expect_clean_error(atom_run(with({"-dp", "2"})), "--data-parallel-size 2: multi-GPU");
-  expect_clean_error(atom_run(with({"-tp", "2", "--enable-dp-attention"})),
-                     "--tensor-parallel-size 2: multi-GPU");
+  expect_clean_error(atom_run(with({"-dp", "2"})), "--data-parallel-size 2: data parallelism");
+  expect_clean_error(atom_run(with({"-tp", "2", "--enable-dp-attention"})), "data parallelism");
   const RunResult env = atom_run(gen, "", {"ATOM_DP_SIZE=2"});
-  expect_clean_error(env, "ATOM_DP_SIZE=2: multi-GPU");
+  expect_clean_error(env, "ATOM_DP_SIZE=2: data parallelism");
   EXPECT_NE(env.err.find("unset ATOM_DP_SIZE"), std::string::npos) << env.err;
   // Every command that builds an engine.
-  expect_clean_error(atom_run({"serve", "-tp", "2"}), "--tensor-parallel-size 2");
+  expect_clean_error(atom_run({"serve", "--device", "cpu", "-tp", "2"}),
+                     "--tensor-parallel-size 2");
   expect_clean_error(atom_run({"bench", "throughput", "-dp", "4"}), "--data-parallel-size 4");
   // Values out of range, from a flag or a variable.
   expect_clean_error(atom_run(with({"-tp", "9"})), "--tensor-parallel-size 9");

@@ -262,28 +262,28 @@ TEST_F(ParallelSingleRank, OneRankPasses) {
   EXPECT_TRUE(c.enable_expert_parallel);
 }
 
-TEST_F(ParallelSingleRank, MoreThanOneRankIsUnsupportedNamingTheSource) {
+TEST_F(ParallelSingleRank, DataParallelIsUnsupportedNamingTheSourceTensorParallelPasses) {
+  // Tensor parallelism is one engine: any tp passes here (the runner checks devices and shapes).
   ParallelFlags tp;
   tp.tensor_parallel_size = 2;
-  expect_error([&] { require_single_rank(tp); }, ErrorCode::kUnsupported,
-               {"--tensor-parallel-size 2", "not implemented yet", "2 ranks"});
+  EXPECT_EQ(require_single_rank(tp).tensor_parallel_size, 2);
   ParallelFlags dp;
   dp.data_parallel_size = 2;
   expect_error([&] { require_single_rank(dp); }, ErrorCode::kUnsupported,
-               {"--data-parallel-size 2", "not implemented yet"});
+               {"--data-parallel-size 2", "one engine in-process", "atom serve"});
   tp.data_parallel_size = 3;
   expect_error([&] { require_single_rank(tp); }, ErrorCode::kUnsupported,
-               {"--tensor-parallel-size 2 and --data-parallel-size 3", "6 ranks"});
+               {"--data-parallel-size 3"});
   envs::set("ATOM_DP_SIZE", "2");
   expect_error([] { require_single_rank({}); }, ErrorCode::kUnsupported,
-               {"ATOM_DP_SIZE=2", "not implemented yet", "unset ATOM_DP_SIZE"});
-  // DP attention keeps the rank count: tp 2 flattened to dp 2 is still two GPUs.
+               {"ATOM_DP_SIZE=2", "unset ATOM_DP_SIZE"});
+  // DP attention flattens tp 2 into dp 2: two replicas, refused like -dp 2.
   envs::unset("ATOM_DP_SIZE");
   ParallelFlags att;
   att.tensor_parallel_size = 2;
   att.enable_dp_attention = true;
   expect_error([&] { require_single_rank(att); }, ErrorCode::kUnsupported,
-               {"--tensor-parallel-size 2", "not implemented yet"});
+               {"data parallelism"});
 }
 
 TEST_F(ParallelSingleRank, InvalidValuesAreReportedBeforeTheRankCount) {

@@ -106,7 +106,7 @@ void EngineArgs::add_to(CLI::App& app) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--kv_cache_dtype,--kv-cache-dtype", kv_cache_dtype,
-                 "KV cache element type: bf16 (fp8 arrives with FP8 quantization)")
+                 "KV cache element type: bf16, or fp8 (float8 e4m3, scales 1.0; device cuda)")
       ->check(CLI::IsMember({"bf16", "fp8"}))
       ->capture_default_str();
   app.add_option("--level", level,
@@ -121,12 +121,15 @@ void EngineArgs::add_to(CLI::App& app) {
       ->check(CLI::Range(1, 4))
       ->capture_default_str();
   app.parse_complete_callback([this] {
-    (void)parallel_config();
+    const ParallelConfig pc = parallel_config();
+    // What only the CUDA backend does, refused on the CPU before any model is looked for.
+    const std::string dev = device.empty() ? default_device() : device;
+    ATOM_CHECK(dev != "cpu" || pc.tensor_parallel_size == 1, kUnsupported,
+               "--tensor-parallel-size {}: tensor parallelism runs on device 'cuda' only",
+               pc.tensor_parallel_size);
+    ATOM_CHECK(dev != "cpu" || kv_cache_dtype == "bf16", kUnsupported,
+               "--kv_cache_dtype {}: an fp8 KV cache runs on device 'cuda' only", kv_cache_dtype);
     // Refused at start-up, before any model is looked for, with the reason.
-    ATOM_CHECK(kv_cache_dtype == "bf16", kUnsupported,
-               "--kv_cache_dtype {}: an fp8 KV cache is not implemented yet (it arrives with "
-               "FP8 quantization); use bf16",
-               kv_cache_dtype);
     ATOM_CHECK(method.empty(), kUnsupported,
                "--method {}: speculative decoding is not implemented yet; drop --method",
                method);
@@ -189,6 +192,7 @@ EngineConfig EngineArgs::engine_config() const {
   // As ATOM: the flag also sets ATOM_ENFORCE_EAGER for everything this process starts; the
   // variable alone (=1) turns graphs off too (make_runner reads it).
   c.enforce_eager = enforce_eager;
+  c.kv_cache_dtype = kv_cache_dtype;
   if (enforce_eager) envs::set("ATOM_ENFORCE_EAGER", "1");
   if (!cudagraph_capture_sizes.empty())
     c.cudagraph_capture_sizes = parse_capture_sizes(cudagraph_capture_sizes);

@@ -39,7 +39,16 @@ EngineConfig resolve_engine_config(EngineConfig c, const ModelConfig& m, const T
 }
 
 std::unique_ptr<Runner> make_runner(Model& model, const EngineConfig& c) {
-  if (c.device == "cpu") return std::make_unique<ModelRunner>(model, c.num_kv_blocks, c.block_size);
+  ATOM_CHECK(c.kv_cache_dtype == "bf16" || c.kv_cache_dtype == "fp8", kInvalidArgument,
+             "--kv_cache_dtype {}: choose bf16 or fp8", c.kv_cache_dtype);
+  if (c.device == "cpu") {
+    ATOM_CHECK(c.kv_cache_dtype == "bf16", kUnsupported,
+               "--kv_cache_dtype fp8: an fp8 KV cache runs on device 'cuda' only");
+    ATOM_CHECK(c.parallel.tensor_parallel_size == 1, kUnsupported,
+               "--tensor-parallel-size {}: tensor parallelism runs on device 'cuda' only",
+               c.parallel.tensor_parallel_size);
+    return std::make_unique<ModelRunner>(model, c.num_kv_blocks, c.block_size);
+  }
   ATOM_CHECK(c.device == "cuda", kInvalidArgument, "unknown device '{}': choose cpu or cuda",
              c.device);
 #ifdef ATOM_HAVE_CUDA
@@ -53,6 +62,9 @@ std::unique_ptr<Runner> make_runner(Model& model, const EngineConfig& c) {
   rc.gpu_memory_utilization = c.gpu_memory_utilization;
   rc.enforce_eager = c.enforce_eager || envs::ATOM_ENFORCE_EAGER();
   rc.cudagraph_capture_sizes = c.cudagraph_capture_sizes;
+  rc.tp_size = c.parallel.tensor_parallel_size;
+  rc.allreduce_rms_norm_fusion = envs::ATOM_ENABLE_ALLREDUCE_RMSNORM_FUSION();
+  rc.kv_cache_fp8 = c.kv_cache_dtype == "fp8";
   return std::make_unique<CudaModelRunner>(model, rc);
 #else
   throw_error(ErrorCode::kUnsupported, "device 'cuda': this build of atom has no CUDA backend");

@@ -51,6 +51,8 @@ struct EngineConfig {
   // weights, the activation workspace, the CUDA graphs and what the device already uses
   // (kv_cache_bytes is the CPU's budget only).
   double gpu_memory_utilization = 0.9;
+  // --kv_cache_dtype: "bf16", or "fp8" (float8 e4m3, scales 1.0; device "cuda" only).
+  std::string kv_cache_dtype = "bf16";
   // Profiling (SPEC 8.1, core/profiler.h): where start_profile() writes the traces, in a
   // per-rank folder; empty: profiling is not configured and start_profile() is an error.
   std::string torch_profiler_dir;

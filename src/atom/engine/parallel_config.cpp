@@ -118,18 +118,12 @@ ParallelConfig resolve_parallel_config(const ParallelFlags& flags) { return reso
 
 ParallelConfig require_single_rank(const ParallelFlags& flags) {
   Resolution r = resolve(flags);
-  if (r.config.world_size() == 1) return r.config;
-  // Name what was given, tp and dp as the user wrote them (DP attention keeps their product).
-  std::string asked;
-  if (r.tp.value > 1) asked = r.tp.origin;
-  if (r.dp.value > 1) asked += (asked.empty() ? "" : " and ") + r.dp.origin;
+  if (r.config.data_parallel_size == 1) return r.config;  // tensor parallelism is one engine
   throw_error(ErrorCode::kUnsupported,
-              "{}: multi-GPU tensor and data parallelism are not implemented yet for this "
-              "command ({} ranks asked for; it runs one engine on one GPU or the CPU: use "
-              "--tensor-parallel-size 1 and --data-parallel-size 1{}){}",
-              asked, r.config.world_size(),
-              r.dp.value > 1 && !flags.data_parallel_size ? ", or unset ATOM_DP_SIZE" : "",
-              r.tp.value == 1 ? "; `atom serve` runs data-parallel replicas" : "");
+              "{}: data parallelism runs one engine per rank, each in its own process, and this "
+              "command runs one engine in-process: use --data-parallel-size 1{}; `atom serve` "
+              "runs data-parallel replicas",
+              r.dp.origin, !flags.data_parallel_size ? ", or unset ATOM_DP_SIZE" : "");
 }
 
 DpStepMode dp_step_mode(const ParallelConfig& config) {
@@ -140,12 +134,6 @@ DpStepMode dp_step_mode(const ParallelConfig& config) {
 ParallelConfig require_single_engine(const ParallelFlags& flags) {
   Resolution r = resolve(flags);
   const ParallelConfig& c = r.config;
-  if (c.tensor_parallel_size > 1)
-    throw_error(ErrorCode::kUnsupported,
-                "{}: tensor parallelism is not implemented yet (one engine runs on one GPU or the "
-                "CPU): use --tensor-parallel-size 1; data-parallel replicas (-dp N) are "
-                "supported",
-                r.tp.origin);
   if (dp_step_mode(c) == DpStepMode::kLockstep)
     throw_error(ErrorCode::kUnsupported,
                 "--enable-expert-parallel with {} data-parallel ranks ({}) needs lock-step ranks "

@@ -8,10 +8,10 @@
 // ATOM itself overwrites the DP variables with the CLI's values and never reads the master ones;
 // atom makes all five count, under the flags.
 //
-// An engine is one tensor-parallel rank until tensor parallelism lands. Data parallelism runs
-// one engine per DP rank, each in its own process, behind one front end: `atom serve` accepts
-// dp > 1 (require_single_engine), the other commands, which run one engine in-process, refuse it
-// (require_single_rank) instead of silently running one replica.
+// An engine spans tp GPUs (tensor parallelism: one CUDA runner, a worker thread per GPU). Data
+// parallelism runs one engine per DP rank, each in its own process, behind one front end:
+// `atom serve` accepts dp > 1 (require_single_engine), the other commands, which run one engine
+// in-process, refuse it (require_single_rank) instead of silently running one replica.
 #pragma once
 
 #include <cstdint>
@@ -63,9 +63,9 @@ struct ParallelFlags {
 // A variable that is not an integer is reported by atom::envs (kInvalidArgument).
 ParallelConfig resolve_parallel_config(const ParallelFlags& flags);
 
-// resolve_parallel_config, then atom::Error(kUnsupported) when the result spans more than one
-// rank (tp > 1 or dp > 1), naming the flags or variables that asked for it: commands that run
-// one engine in-process (generate, bench) have neither tensor nor data parallelism.
+// resolve_parallel_config, then atom::Error(kUnsupported) when dp > 1, naming the flag or
+// variable that asked for it: commands that run one engine in-process (generate, bench) have no
+// data parallelism. Tensor parallelism is one engine, so any tp passes (the runner checks it).
 ParallelConfig require_single_rank(const ParallelFlags& flags);
 
 // How the data-parallel ranks step. kIndependent: each rank runs its own engine loop at its own
@@ -76,9 +76,9 @@ ParallelConfig require_single_rank(const ParallelFlags& flags);
 enum class DpStepMode { kIndependent, kLockstep };
 DpStepMode dp_step_mode(const ParallelConfig& config);
 
-// resolve_parallel_config for `atom serve`, whose ranks are one engine each: any dp, but
-// atom::Error(kUnsupported) for tp > 1 (tensor parallelism is not implemented yet) and for a
-// configuration that needs lock-step ranks (dp_step_mode), naming what asked for it.
+// resolve_parallel_config for `atom serve`, whose ranks are one engine each: any dp and tp, but
+// atom::Error(kUnsupported) for a configuration that needs lock-step ranks (dp_step_mode),
+// naming what asked for it.
 ParallelConfig require_single_engine(const ParallelFlags& flags);
 
 // Whether the data-parallel rank, or the master port, was given (flag or variable) rather than

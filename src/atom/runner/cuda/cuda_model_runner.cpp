@@ -20,6 +20,7 @@
 #include "atom/backends/cpu/quants.h"
 #include "atom/backends/cuda/attention.h"
 #include "atom/backends/cuda/check.h"
+#include "atom/backends/cuda/custom_allreduce.h"
 #include "atom/backends/cuda/gemm.h"
 #include "atom/backends/cuda/nccl_comm.h"
 #include "atom/backends/cuda/norm.h"
@@ -149,7 +150,7 @@ Activations carve_activations(Arena& a, const Dims& d, int64_t max_model_len) {
 struct DeviceLayer {
   bf16 *attn_norm, *ffn_norm, *q_norm, *k_norm;
   bf16 *qkv, *qkv_bias, *o, *o_bias, *gate_up, *gate_up_bias, *down, *down_bias;
-  bf16 *k_cache, *v_cache;  // [num_blocks, block_size, nkv, D], views of the KV pool
+  void *k_cache, *v_cache;  // [num_blocks, block_size, nkv, D] of bf16 or fp8: KV pool views
 };
 
 // Elements of every weight, as uploaded (stacked qkv and gate_up).
@@ -222,14 +223,17 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 namespace {
 
+// Bytes of one K or V element in the pool.
+size_t kv_element_bytes(bool fp8) { return fp8 ? 1 : sizeof(bf16); }
+
 CudaMemoryPlan memory_plan(const ModelConfig& cfg, const Dims& d, int64_t block_size,
-                           int64_t max_model_len) {
+                           int64_t max_model_len, bool kv_cache_fp8) {
   CudaMemoryPlan p;
   p.weight_bytes = weight_elements(cfg, d) * sizeof(bf16);
   Arena measure;
   carve_activations(measure, d, max_model_len);
   p.workspace_bytes = measure.used() + cuda::Gemm::kDefaultWorkspaceBytes;
-  p.kv_block_bytes = size_t(2 * d.layers * block_size * d.kv_size) * sizeof(bf16);
+  p.kv_block_bytes = size_t(2 * d.layers * block_size * d.kv_size) * kv_element_bytes(kv_cache_fp8);
   return p;
 }
 
@@ -237,10 +241,10 @@ CudaMemoryPlan memory_plan(const ModelConfig& cfg, const Dims& d, int64_t block_
 
 CudaMemoryPlan cuda_memory_plan(const ModelConfig& cfg, int64_t block_size,
                                 int64_t max_num_batched_tokens, int64_t max_num_seqs,
-                                int64_t max_model_len) {
+                                int64_t max_model_len, bool kv_cache_fp8) {
   const Dims d =
       make_dims(cfg, block_size, max_num_batched_tokens, max_num_seqs, max_model_len);
-  return memory_plan(cfg, d, block_size, max_model_len);
+  return memory_plan(cfg, d, block_size, max_model_len, kv_cache_fp8);
 }
 
 int cuda_device_count() {
@@ -325,6 +329,8 @@ struct CudaModelRunner::Impl {
   int64_t rank = 0;
   TpLayout layout;
   cuda::NcclComm* comm = nullptr;
+  // The group's peer-to-peer all-reduce for small messages (owned by the group; null: NCCL only).
+  cuda::CustomAllReduce* car = nullptr;
   Dims d{};
   cudaStream_t stream = nullptr;
   std::unique_ptr<cuda::Gemm> gemm;
@@ -550,7 +556,7 @@ void CudaModelRunner::Impl::init(const DecoderParts& parts) {
   carve_activations(measure, d, rc.max_model_len);
   Arena carve(device_alloc<char>(measure.used()));
   act = carve_activations(carve, d, rc.max_model_len);
-  const CudaMemoryPlan mp = memory_plan(cfg, d, rc.block_size, rc.max_model_len);
+  const CudaMemoryPlan mp = memory_plan(cfg, d, rc.block_size, rc.max_model_len, rc.kv_cache_fp8);
   weight_bytes = mp.weight_bytes;
   workspace_bytes = mp.workspace_bytes;
   weights_memory = profiler::MemoryRecord("cuda weights", int64_t(weight_bytes), rc.device);
@@ -727,8 +733,9 @@ void CudaModelRunner::Impl::free_upload_staging() {
 }
 
 void CudaModelRunner::Impl::point_layers_at_pool(int64_t blocks) {
-  const size_t per_cache = size_t(blocks * rc.block_size * d.kv_size);
-  bf16* base = static_cast<bf16*>(kv_pool);
+  const size_t per_cache =
+      size_t(blocks * rc.block_size * d.kv_size) * kv_element_bytes(rc.kv_cache_fp8);
+  uint8_t* base = static_cast<uint8_t*>(kv_pool);
   for (size_t l = 0; l < layers.size(); ++l) {
     layers[l].k_cache = base + (2 * l) * per_cache;
     layers[l].v_cache = base + (2 * l + 1) * per_cache;
@@ -777,7 +784,8 @@ void CudaModelRunner::Impl::warm_up() {
   // max_num_seqs), else one sequence of what fits; then a decode of every row. Both write and
   // read KV block 0 of a one-block pool: the values are garbage, the launches are the point.
   const auto t0 = std::chrono::steady_clock::now();
-  const size_t pool = size_t(2 * d.layers * rc.block_size * d.kv_size) * sizeof(bf16);
+  const size_t pool =
+      size_t(2 * d.layers * rc.block_size * d.kv_size) * kv_element_bytes(rc.kv_cache_fp8);
   ATOM_CUDA_CHECK(cudaMalloc(&kv_pool, pool));
   ATOM_CUDA_CHECK(cudaMemsetAsync(kv_pool, 0, pool, stream));
   point_layers_at_pool(1);
@@ -872,7 +880,8 @@ size_t CudaModelRunner::Impl::measure_graph_bytes() {
 }
 
 int64_t CudaModelRunner::Impl::kv_blocks_affordable() {
-  const size_t block_bytes = size_t(2 * d.layers * rc.block_size * d.kv_size) * sizeof(bf16);
+  const size_t block_bytes = size_t(2 * d.layers * rc.block_size * d.kv_size) *
+                             kv_element_bytes(rc.kv_cache_fp8);
   int64_t blocks = rc.num_blocks;
   if (blocks == 0) {
     // The graphs' memory is measured on a one-block pool before the real one exists.
@@ -916,7 +925,8 @@ int64_t CudaModelRunner::Impl::kv_blocks_affordable() {
 
 void CudaModelRunner::Impl::finish_start_up(int64_t blocks) {
   ATOM_ASSERT(blocks > 0 && kv_pool == nullptr);
-  const size_t block_bytes = size_t(2 * d.layers * rc.block_size * d.kv_size) * sizeof(bf16);
+  const size_t block_bytes = size_t(2 * d.layers * rc.block_size * d.kv_size) *
+                             kv_element_bytes(rc.kv_cache_fp8);
   ATOM_CUDA_CHECK(cudaMalloc(&kv_pool, size_t(blocks) * block_bytes));
   kv_memory = profiler::MemoryRecord("cuda kv cache", int64_t(size_t(blocks) * block_bytes),
                                      rc.device);
@@ -1113,11 +1123,13 @@ void CudaModelRunner::Impl::enqueue_forward(const Layout& L) {
       allreduce_add_rms_norm(act.mlp_out, act.residual, Ly.attn_norm, act.h, T);
     gemm->launch(act.h, Ly.qkv, Ly.qkv_bias, act.qkv, T, d.qkv_size, H, stream);  // [T, q|k|v]
     // One launch: split, per-head q/k norm (Qwen3), RoPE, k and v into the cache; q [T, nh, D].
-    const cuda::KvCacheWrite write{L.slots, Ly.k_cache, Ly.v_cache, kv_blocks * rc.block_size};
+    cuda::KvCacheWrite write{L.slots, Ly.k_cache, Ly.v_cache, kv_blocks * rc.block_size};
+    if (rc.kv_cache_fp8) write.dtype = DType::kF8E4M3;  // scales 1.0 (the defaults)
     cuda::launch_qkv_rope_and_cache(act.qkv, variant.qk_norm ? Ly.q_norm : nullptr,
                                     variant.qk_norm ? Ly.k_norm : nullptr, eps, rope, write, act.q,
                                     T, d.nh, d.nkv, d.D, stream);
-    const cuda::PagedKvCache cache{Ly.k_cache, Ly.v_cache, kv_blocks, rc.block_size, d.nkv, d.D};
+    cuda::PagedKvCache cache{Ly.k_cache, Ly.v_cache, kv_blocks, rc.block_size, d.nkv, d.D};
+    if (rc.kv_cache_fp8) cache.dtype = DType::kF8E4M3;
     cuda::paged_attention(act.q, d.nh, cache, attn, scale, act.attn, act.attn_ws, ws_bytes,
                           stream);  // [T, nh, D]
     gemm->launch(act.attn, Ly.o, Ly.o_bias, act.attn_out, T, H, d.q_size, stream);  // [T, H]
@@ -1149,13 +1161,21 @@ void CudaModelRunner::Impl::allreduce_add_rms_norm(bf16* x, bf16* residual, cons
                                                    bf16* out, int64_t T) {
   // x: [T, H], this rank's partial sums of a row-parallel GEMM; residual: [T, H] (updated);
   // out: [T, H] = rms_norm(residual + sum over ranks of x) * weight.
-  // This function is where a fused all-reduce + residual add + RMSNorm kernel (SPEC 4.5)
-  // plugs in: with several ranks and rc.allreduce_rms_norm_fusion set, its single launch on
-  // these arguments (and comm, stream, eps) replaces the two launches below. No such kernel is
-  // built yet, so every setting runs NCCL's in-place all-reduce (f32 additions, rounded to
-  // bf16), then the add + norm kernel of the single-GPU path.
-  if (sharded()) comm->all_reduce_sum(x, size_t(T * d.H), DType::kBF16, stream);
-  cuda::launch_add_rms_norm(x, residual, weight, out, T, d.H, float(cfg.rms_norm_eps), stream);
+  // Decode-sized messages go through the custom all-reduce (peer-to-peer, one launch); with
+  // ATOM_ENABLE_ALLREDUCE_RMSNORM_FUSION (rc.allreduce_rms_norm_fusion) that launch also does the
+  // residual add and the norm. Larger ones, or no peer access: NCCL's in-place all-reduce, then
+  // the add + norm kernel of the single-GPU path. Every rank takes the same branch (same T).
+  const float eps = float(cfg.rms_norm_eps);
+  if (sharded() && car != nullptr && car->should_use(T * d.H * int64_t(sizeof(bf16)))) {
+    if (rc.allreduce_rms_norm_fusion) {
+      car->all_reduce_add_rms_norm(x, residual, weight, out, T, d.H, eps, stream);
+      return;
+    }
+    car->all_reduce(x, x, T * d.H, stream);
+  } else if (sharded()) {
+    comm->all_reduce_sum(x, size_t(T * d.H), DType::kBF16, stream);
+  }
+  cuda::launch_add_rms_norm(x, residual, weight, out, T, d.H, eps, stream);
 }
 
 void CudaModelRunner::Impl::run_forward(const Plan& p, const Layout& L) {
@@ -1463,6 +1483,10 @@ struct CudaModelRunner::TpGroup {
   std::vector<Impl*> impls;                            // [tp]: rank 0 is CudaModelRunner::impl_
   std::vector<std::unique_ptr<Impl>> others;           // [tp]: ranks 1 .. tp - 1 own theirs here
   std::vector<std::unique_ptr<cuda::NcclComm>> comms;  // [tp]
+  // The custom all-reduce, when every pair of the group's GPUs has peer access: [tp] or empty.
+  std::shared_ptr<cuda::CustomAllReduceGroup> car_group;
+  std::vector<std::unique_ptr<cuda::CustomAllReduce>> cars;
+  std::string car_note;  // how the group all-reduces, for the start-up line
   std::vector<std::unique_ptr<RankWorker>> workers;    // [tp]
   std::vector<int64_t> kv_blocks;                      // [tp]: what each rank's memory affords
   std::vector<std::vector<int32_t>> last_ids;          // [tp]: the last collected step's ids
@@ -1527,6 +1551,9 @@ struct CudaModelRunner::TpGroup {
         others[size_t(r)].reset();
     });
     each([&](int64_t r) {
+      if (size_t(r) < cars.size()) cars[size_t(r)].reset();
+    });
+    each([&](int64_t r) {
       std::unique_ptr<cuda::NcclComm> c;
       {
         std::lock_guard<std::mutex> lock(comms_mutex);
@@ -1574,6 +1601,21 @@ CudaModelRunner::CudaModelRunner(const Model& model, const CudaRunnerConfig& con
     // Rank 0 makes the group's id; every rank joins with it, then loads its shard and warms up
     // (the warm-up runs the collectives, so all ranks at once).
     const std::vector<uint8_t> id = cuda::nccl_unique_id();
+    std::vector<int> devices;
+    for (int64_t r = 0; r < tp; ++r) devices.push_back(config.device + int(r));
+    const std::string no_peer = cuda::CustomAllReduce::peer_access_problem(devices);
+    cuda::CustomAllReduceConfig car_config;
+    car_config.quant = cuda::quick_reduce_quantization_from_env();
+    if (no_peer.empty()) {
+      g.car_group = std::make_shared<cuda::CustomAllReduceGroup>(int(tp));
+      g.cars.resize(size_t(tp));
+    }
+    g.car_note = no_peer.empty()
+                     ? fmt::format("small all-reduces peer-to-peer ({} transfer){}",
+                                   cuda::all_reduce_quant_name(car_config.quant),
+                                   config.allreduce_rms_norm_fusion ? ", fused with add + RMSNorm"
+                                                                    : "")
+                     : "NCCL only (" + no_peer + ")";
     g.run([&](int64_t r) {
       auto comm = std::make_unique<cuda::NcclComm>(id, int(tp), int(r));
       cuda::NcclComm* c = comm.get();
@@ -1581,7 +1623,12 @@ CudaModelRunner::CudaModelRunner(const Model& model, const CudaRunnerConfig& con
         std::lock_guard<std::mutex> lock(g.comms_mutex);
         g.comms[size_t(r)] = std::move(comm);
       }
+      // Before the rank's weights and KV: its buffers (~32 MiB) count against the budget.
+      if (g.car_group)
+        g.cars[size_t(r)] =
+            std::make_unique<cuda::CustomAllReduce>(g.car_group, int(r), devices, car_config);
       auto impl = std::make_unique<Impl>(model, config, r, c);
+      impl->car = g.car_group ? g.cars[size_t(r)].get() : nullptr;
       g.impls[size_t(r)] = impl.get();
       if (r == 0)
         impl_ = std::move(impl);
@@ -1597,10 +1644,9 @@ CudaModelRunner::CudaModelRunner(const Model& model, const CudaRunnerConfig& con
       per_rank += (per_rank.empty() ? "" : ", ") + std::to_string(b);
     ATOM_LOG_INFO(
         "tensor parallelism: {} ranks on devices {} to {}, ready in {:.2f} s; KV blocks each "
-        "rank affords: {}; every rank's pool holds {}; all-reduce then add + RMSNorm as two "
-        "launches{}",
+        "rank affords: {}; every rank's pool holds {}; {}",
         tp, config.device, config.device + tp - 1, seconds_since(t0), per_rank, blocks,
-        config.allreduce_rms_norm_fusion ? " (the fused kernel asked for is not built)" : "");
+        g.car_note);
   } catch (...) {
     g.destroy(impl_);  // a constructor that throws runs no destructor
     throw;

@@ -79,17 +79,20 @@ struct CudaRunnerConfig {
   // exists (CudaModelRunner's allreduce_add_rms_norm), else as the NCCL all-reduce and then the
   // add + RMSNorm kernel.
   bool allreduce_rms_norm_fusion = true;
+  // --kv_cache_dtype fp8: K and V stored as float8 e4m3 with per-tensor scales of 1.0 (vLLM's
+  // and ATOM's default when a checkpoint carries none): half the bytes a token, twice the tokens.
+  bool kv_cache_fp8 = false;
 };
 
 // Device memory the runner needs besides the KV pool and the graphs.
 struct CudaMemoryPlan {
   size_t weight_bytes = 0;      // bf16 weights
   size_t workspace_bytes = 0;   // activations, logits, attention and GEMM workspaces, metadata
-  size_t kv_block_bytes = 0;    // one block of every layer's K and V (bf16)
+  size_t kv_block_bytes = 0;    // one block of every layer's K and V (bf16, or fp8)
 };
 CudaMemoryPlan cuda_memory_plan(const ModelConfig& cfg, int64_t block_size,
                                 int64_t max_num_batched_tokens, int64_t max_num_seqs,
-                                int64_t max_model_len);
+                                int64_t max_model_len, bool kv_cache_fp8 = false);
 
 // CUDA devices visible (0 when the driver or the device is absent).
 int cuda_device_count();
