@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -106,8 +107,8 @@ class CudaRunner : public ::testing::TestWithParam<bool> {
 TEST_P(CudaRunner, LogitsOfPrefillAndDecodeMatchTheCpu) {
   const int64_t vocab = model_->config().vocab_size, kBlocks = 48, bs = 16;
   ModelRunner cpu_runner(*model_, kBlocks, bs);
-  KvCache kv(model_->config().num_hidden_layers, kBlocks, bs,
-             model_->config().num_key_value_heads, model_->config().head_dim);
+  KvCache kv(model_->config().num_hidden_layers, kBlocks, bs, model_->config().num_key_value_heads,
+             model_->config().head_dim);
   CudaModelRunner gpu(*model_, runner_config(kBlocks));
   const std::vector<size_t> lens = {37, 5, 70};
   std::vector<std::vector<int32_t>> tokens;
@@ -125,8 +126,8 @@ TEST_P(CudaRunner, LogitsOfPrefillAndDecodeMatchTheCpu) {
     for (size_t i = 0; i < lens.size(); ++i) {
       const int64_t n = int64_t(tokens[i].size());
       const int64_t start = step == 0 ? 0 : n - 1;
-      seqs.push_back(StepSeq{int64_t(i), tokens[i], int64_t(lens[i]), start, n - start,
-                             tables[i], true});
+      seqs.push_back(
+          StepSeq{int64_t(i), tokens[i], int64_t(lens[i]), start, n - start, tables[i], true});
     }
     std::vector<float> ref;
     model_->forward(cpu_runner.plan(seqs), kv, ref);
@@ -177,8 +178,8 @@ TEST_P(CudaRunner, SubmitCollectEqualsExecute) {
       std::vector<StepSeq> seqs;
       for (size_t i = 0; i < lens.size(); ++i) {
         const int64_t n = int64_t(ref[i].size()), start = step == 0 ? 0 : n - 1;
-        seqs.push_back(StepSeq{int64_t(i), ref[i], int64_t(lens[i]), start, n - start,
-                               tables[i], true, params[i]});
+        seqs.push_back(StepSeq{int64_t(i), ref[i], int64_t(lens[i]), start, n - start, tables[i],
+                               true, params[i]});
       }
       const std::vector<int32_t> ids = gpu.execute(seqs);
       ASSERT_EQ(ids.size(), lens.size());
@@ -283,10 +284,11 @@ TEST_P(CudaRunner, GreedyEngineOutputsMatchTheCpuEngine) {
                           << " without a near-tie (top-2 gap " << gap << ")";
       ++near_ties;
     }
-    std::printf("[cuda runner %s, %s output] greedy tokens equal to the CPU engine's: %lld of %lld "
-                "(%lld requests stopped at a near-tie); prefix-cache hit: %lld tokens\n",
-                GetParam() ? "qwen3" : "llama", async ? "deferred" : "sync", (long long)matched,
-                (long long)total, (long long)near_ties, (long long)cached);
+    std::printf(
+        "[cuda runner %s, %s output] greedy tokens equal to the CPU engine's: %lld of %lld "
+        "(%lld requests stopped at a near-tie); prefix-cache hit: %lld tokens\n",
+        GetParam() ? "qwen3" : "llama", async ? "deferred" : "sync", (long long)matched,
+        (long long)total, (long long)near_ties, (long long)cached);
     EXPECT_GE(cached, 32) << "the second batch should reuse cached prefix blocks";
     EXPECT_GE(matched, total / 2) << "most tokens must match before any near-tie";
   }
@@ -446,8 +448,10 @@ TEST_P(CudaRunner, SeededSamplingReproducesAndMatchesTheCpu) {
       total += int64_t(gpu_pen[i].size());
       changed += gpu_pen[i] != greedy[i];
     }
-    std::printf("[cuda runner %s] penalised greedy tokens equal to the CPU engine's: %lld of "
-                "%lld\n", GetParam() ? "qwen3" : "llama", (long long)same, (long long)total);
+    std::printf(
+        "[cuda runner %s] penalised greedy tokens equal to the CPU engine's: %lld of "
+        "%lld\n",
+        GetParam() ? "qwen3" : "llama", (long long)same, (long long)total);
     EXPECT_GE(same, total / 2);
     EXPECT_GE(changed, 1u) << "penalties had no effect";
   }
@@ -459,9 +463,10 @@ TEST_P(CudaRunner, SeededSamplingReproducesAndMatchesTheCpu) {
     same += int64_t(k);
     total += int64_t(sync[i].size());
   }
-  std::printf("[cuda runner %s] seeded samples equal to the CPU engine's before the first "
-              "difference: %lld of %lld tokens\n",
-              GetParam() ? "qwen3" : "llama", (long long)same, (long long)total);
+  std::printf(
+      "[cuda runner %s] seeded samples equal to the CPU engine's before the first "
+      "difference: %lld of %lld tokens\n",
+      GetParam() ? "qwen3" : "llama", (long long)same, (long long)total);
   // Independent definitions would agree on a token about once in the vocabulary's effective
   // size; one definition agrees until bf16 logit noise first moves a draw across a boundary.
   EXPECT_GE(same, total / 5) << "the CPU and the GPU implement one sampling definition";
@@ -506,8 +511,7 @@ TEST(CudaRunnerConfig, EnforceEagerVariableDisablesGraphs) {
   c.scheduler.max_num_batched_tokens = 128;
   envs::unset("ATOM_ENFORCE_EAGER");
   auto graphs = make_runner(*model, c);
-  EXPECT_EQ(dynamic_cast<CudaModelRunner&>(*graphs).graph_sizes(),
-            (std::vector<int64_t>{1, 2, 4}));
+  EXPECT_EQ(dynamic_cast<CudaModelRunner&>(*graphs).graph_sizes(), (std::vector<int64_t>{1, 2, 4}));
   envs::set("ATOM_ENFORCE_EAGER", "1");
   auto eager = make_runner(*model, c);
   envs::unset("ATOM_ENFORCE_EAGER");
@@ -535,6 +539,79 @@ TEST(CudaRunnerConfig, KvPoolFitsTheMemoryBudget) {
   // A budget the device already exceeds is a clear error, not a crash.
   rc.gpu_memory_utilization = 1e-4;
   EXPECT_THROW(CudaModelRunner(*model, rc), Error);
+}
+
+// --kv_cache_dtype fp8: the same steps as a bf16 runner, eager and through graphs, give logits
+// within fp8's rounding of K and V (3 mantissa bits: a relative error up to 2^-4 on each cached
+// value, which attention averages), the same greedy tokens where bf16's top two are not close,
+// and graph replays equal to eager steps of the fp8 runner itself.
+TEST_P(CudaRunner, Fp8KvCacheTracksBf16) {
+  const int64_t vocab = model_->config().vocab_size, kBlocks = 64;
+  CudaRunnerConfig bf16_cfg = runner_config(kBlocks);
+  bf16_cfg.enforce_eager = true;
+  CudaRunnerConfig fp8_eager_cfg = bf16_cfg;
+  fp8_eager_cfg.kv_cache_fp8 = true;
+  CudaRunnerConfig fp8_graph_cfg = runner_config(kBlocks);
+  fp8_graph_cfg.kv_cache_fp8 = true;
+  fp8_graph_cfg.cudagraph_capture_sizes = {1, 2, 4, 8};
+  CudaModelRunner ref(*model_, bf16_cfg), fp8(*model_, fp8_eager_cfg),
+      fp8_graphs(*model_, fp8_graph_cfg);
+  const size_t kSeqs = 4;
+  std::vector<std::vector<int32_t>> tokens, tables;
+  for (size_t i = 0; i < kSeqs; ++i) {
+    tokens.push_back(random_tokens(20 + 13 * i, vocab, 700 + i));
+    std::vector<int32_t> t;
+    for (int32_t j = 0; j < 8; ++j) t.push_back(int32_t(kSeqs * size_t(j) + i));
+    tables.push_back(t);
+  }
+  auto step = [&](bool prefill) {
+    std::vector<StepSeq> seqs;
+    for (size_t i = 0; i < kSeqs; ++i) {
+      const int64_t n = int64_t(tokens[i].size()), start = prefill ? 0 : n - 1;
+      seqs.push_back(StepSeq{int64_t(i), tokens[i], n, start, n - start, tables[i], true});
+    }
+    return seqs;
+  };
+  double worst_vs_bf16 = 0, worst_graph = 0;
+  int64_t agree = 0, decided = 0;
+  for (int s = 0; s < 8; ++s) {
+    const std::vector<StepSeq> seqs = step(s == 0);
+    const std::vector<float> want = ref.forward_logits(seqs);
+    const std::vector<float> got = fp8.forward_logits(seqs);
+    const std::vector<float> replay = fp8_graphs.forward_logits(seqs);
+    ASSERT_EQ(got.size(), want.size());
+    ASSERT_EQ(replay.size(), want.size());
+    for (size_t i = 0; i < kSeqs; ++i) {
+      const float* w = want.data() + i * size_t(vocab);
+      const float* g = got.data() + i * size_t(vocab);
+      const float* r = replay.data() + i * size_t(vocab);
+      const double rms = row_rms(w, vocab);
+      for (int64_t v = 0; v < vocab; ++v) {
+        ASSERT_TRUE(std::isfinite(g[v]) && std::isfinite(r[v])) << "step " << s << " row " << i;
+        worst_vs_bf16 = std::max(worst_vs_bf16, std::abs(double(g[v]) - w[v]) / rms);
+        worst_graph = std::max(worst_graph, std::abs(double(r[v]) - g[v]) / rms);
+      }
+      // Greedy agreement where bf16's margin is clear (a tenth of the row's RMS).
+      std::vector<float> sorted(w, w + vocab);
+      std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<>());
+      if (sorted[0] - sorted[1] > 0.1 * rms) {
+        ++decided;
+        agree += argmax(g, vocab) == argmax(w, vocab);
+      }
+      tokens[i].push_back(argmax(w, vocab));  // every runner is fed bf16's token
+    }
+  }
+  std::printf(
+      "[fp8 kv] worst |fp8 - bf16| %.4f x RMS, graph vs eager %.4f x RMS, greedy %lld/%lld\n",
+      worst_vs_bf16, worst_graph, (long long)agree, (long long)decided);
+  EXPECT_LT(worst_vs_bf16, 0.25);  // fp8 K/V: a few percent of a logit row's spread
+  EXPECT_LT(worst_graph, 0.02);    // the graph path is the same fp8 kernels
+  EXPECT_GT(decided, 0);
+  EXPECT_EQ(agree, decided);
+  // Half the KV bytes a block, twice the blocks for the same budget.
+  const CudaMemoryPlan b = cuda_memory_plan(model_->config(), 16, 512, 16, 512, false);
+  const CudaMemoryPlan f = cuda_memory_plan(model_->config(), 16, 512, 16, 512, true);
+  EXPECT_EQ(2 * f.kv_block_bytes, b.kv_block_bytes);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaRunner, ::testing::Values(false, true),

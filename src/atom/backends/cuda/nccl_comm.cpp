@@ -8,6 +8,7 @@
 #include <cuda_bf16.h>
 #include <nccl.h>
 
+#include <cstdlib>
 #include <cstring>
 
 namespace atom::cuda {
@@ -44,11 +45,17 @@ ncclDataType_t nccl_type(DType t) {
   }
 }
 
+// NVLink multicast (NVLS) stays off unless the user chose otherwise: a program using it can put
+// a shared host's GPUs out of service. Set before NCCL's first call in the process reads its
+// environment (making the id, or joining with one made elsewhere).
+void keep_nvls_off() { (void)setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/0); }
+
 }  // namespace
 
 bool nccl_available() { return true; }
 
 std::vector<uint8_t> nccl_unique_id() {
+  keep_nvls_off();
   ncclUniqueId id;
   check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId", nullptr);
   std::vector<uint8_t> bytes(sizeof(id.internal));
@@ -58,6 +65,7 @@ std::vector<uint8_t> nccl_unique_id() {
 
 NcclComm::NcclComm(std::span<const uint8_t> unique_id, int size, int rank)
     : size_(size), rank_(rank) {
+  keep_nvls_off();
   ATOM_CHECK(size >= 1 && rank >= 0 && rank < size, kInvalidArgument,
              "NCCL communicator: rank {} of {} ranks", rank, size);
   ncclUniqueId id;
@@ -71,9 +79,8 @@ NcclComm::NcclComm(std::span<const uint8_t> unique_id, int size, int rank)
     const char* last = comm ? ncclGetLastError(comm) : nullptr;
     const std::string detail = last && *last ? std::string(": ") + last : std::string();
     if (comm) (void)ncclCommAbort(comm);
-    throw_error(ErrorCode::kInternal,
-                "NCCL initialisation of rank {} of {} failed: {} ({}){}", rank, size,
-                ncclGetErrorString(r), int(r), detail);
+    throw_error(ErrorCode::kInternal, "NCCL initialisation of rank {} of {} failed: {} ({}){}",
+                rank, size, ncclGetErrorString(r), int(r), detail);
   }
   comm_ = comm;
 }
@@ -91,14 +98,13 @@ void NcclComm::all_reduce_sum(void* data, size_t count, DType type, cudaStream_t
 void NcclComm::all_gather(const void* send, void* recv, size_t count, DType type,
                           cudaStream_t stream) {
   ATOM_CHECK(!aborted_, kInternal, "NCCL all-gather on an aborted communicator");
-  check_nccl(ncclAllGather(send, recv, count, nccl_type(type), comm_, stream), "all-gather",
-             comm_);
+  check_nccl(ncclAllGather(send, recv, count, nccl_type(type), comm_, stream), "all-gather", comm_);
 }
 
 void NcclComm::broadcast(void* data, size_t count, DType type, int root, cudaStream_t stream) {
   ATOM_CHECK(!aborted_, kInternal, "NCCL broadcast on an aborted communicator");
-  ATOM_CHECK(root >= 0 && root < size_, kInvalidArgument, "NCCL broadcast from rank {} of {}",
-             root, size_);
+  ATOM_CHECK(root >= 0 && root < size_, kInvalidArgument, "NCCL broadcast from rank {} of {}", root,
+             size_);
   check_nccl(ncclBroadcast(data, data, count, nccl_type(type), root, comm_, stream), "broadcast",
              comm_);
 }

@@ -115,11 +115,11 @@ size_t max_meta_entries(const Dims& d) {
 // Activation, logits and metadata buffers of the workspace.
 struct Activations {
   bf16 *residual, *h, *qkv, *q, *attn, *attn_out, *gate_up, *act, *mlp_out, *selected;
-  float* logits;       // [max_seqs, vocab]
-  float* shards;       // tp > 1: [tp, max_seqs, vocab_local], the ranks' LM-head outputs
-  int32_t* ids;        // [kRing, max_seqs]: sampled ids of the last kRing steps
-  int32_t* meta;       // [max_meta_entries]
-  void* attn_ws;       // paged attention split-KV partials
+  float* logits;  // [max_seqs, vocab]
+  float* shards;  // tp > 1: [tp, max_seqs, vocab_local], the ranks' LM-head outputs
+  int32_t* ids;   // [kRing, max_seqs]: sampled ids of the last kRing steps
+  int32_t* meta;  // [max_meta_entries]
+  void* attn_ws;  // paged attention split-KV partials
   size_t attn_ws_bytes;
 };
 
@@ -140,8 +140,8 @@ Activations carve_activations(Arena& a, const Dims& d, int64_t max_model_len) {
   x.shards = d.tp > 1 ? a.take<float>(size_t(d.tp * d.max_seqs * d.vocab_local)) : nullptr;
   x.ids = a.take<int32_t>(size_t(kRing * d.max_seqs));
   x.meta = a.take<int32_t>(max_meta_entries(d));
-  x.attn_ws_bytes = cuda::paged_attention_max_workspace_bytes(d.max_seqs, d.nh, d.nkv, d.D,
-                                                              max_model_len);
+  x.attn_ws_bytes =
+      cuda::paged_attention_max_workspace_bytes(d.max_seqs, d.nh, d.nkv, d.D, max_model_len);
   x.attn_ws = a.take<char>(x.attn_ws_bytes);
   return x;
 }
@@ -204,8 +204,7 @@ std::vector<uint16_t> host_bf16(const std::vector<float>& v) {
 // Whether a request's logits need the penalty kernel: a penalty, or min_tokens masking its stop
 // ids (decided per step, while the output is shorter than min_tokens).
 bool has_penalties(const SamplingParams& p) {
-  return p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f ||
-         p.repetition_penalty != 1.0f;
+  return p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f || p.repetition_penalty != 1.0f;
 }
 
 constexpr double kGiB = double(size_t(1) << 30);
@@ -242,8 +241,7 @@ CudaMemoryPlan memory_plan(const ModelConfig& cfg, const Dims& d, int64_t block_
 CudaMemoryPlan cuda_memory_plan(const ModelConfig& cfg, int64_t block_size,
                                 int64_t max_num_batched_tokens, int64_t max_num_seqs,
                                 int64_t max_model_len, bool kv_cache_fp8) {
-  const Dims d =
-      make_dims(cfg, block_size, max_num_batched_tokens, max_num_seqs, max_model_len);
+  const Dims d = make_dims(cfg, block_size, max_num_batched_tokens, max_num_seqs, max_model_len);
   return memory_plan(cfg, d, block_size, max_model_len, kv_cache_fp8);
 }
 
@@ -289,12 +287,12 @@ struct CudaModelRunner::Impl {
   // Where a step's metadata sits on the device, and the host facts its launches take. With a
   // graph, every offset but the sampling rows' depends only on the graph's batch size.
   struct Layout {
-    const int32_t* bt_stride = nullptr;  // [1]
-    int32_t* token_ids = nullptr;        // [T]
-    const int32_t *positions = nullptr, *slots = nullptr;  // [T]
-    const int32_t* cu_seqlens = nullptr;                   // [S + 1]
-    const int32_t* seq_lens = nullptr;                     // [S]
-    const int32_t* logits_rows = nullptr;                  // [R]
+    const int32_t* bt_stride = nullptr;                          // [1]
+    int32_t* token_ids = nullptr;                                // [T]
+    const int32_t *positions = nullptr, *slots = nullptr;        // [T]
+    const int32_t* cu_seqlens = nullptr;                         // [S + 1]
+    const int32_t* seq_lens = nullptr;                           // [S]
+    const int32_t* logits_rows = nullptr;                        // [R]
     const int32_t *gather_src = nullptr, *gather_dst = nullptr;  // [G]
     const int32_t* block_tables = nullptr;                       // [S, stride]
     const cuda::SampleRowParams* sample = nullptr;               // [sampled rows]
@@ -380,8 +378,8 @@ struct CudaModelRunner::Impl {
   }
   bf16* upload(const std::vector<uint16_t>& host) {
     bf16* p = device_alloc<bf16>(host.size());
-    ATOM_CUDA_CHECK(cudaMemcpy(p, host.data(), host.size() * sizeof(uint16_t),
-                               cudaMemcpyHostToDevice));
+    ATOM_CUDA_CHECK(
+        cudaMemcpy(p, host.data(), host.size() * sizeof(uint16_t), cudaMemcpyHostToDevice));
     return p;
   }
   bf16* upload_or_null(const std::vector<float>& v) {
@@ -408,8 +406,12 @@ struct CudaModelRunner::Impl {
   // tp_size > 1: weights, workspace and the warm-up. The KV pool and the graphs come after, from
   // finish_start_up(kv_blocks_affordable()), since with several ranks the pool's size is the
   // least any rank affords.
+  // `car`: the group's custom all-reduce (null: NCCL only). `free_before`: device memory free
+  // before the group made this rank's communicator and all-reduce buffers, so that they count
+  // against this rank's budget (unset: measured here).
   Impl(const Model& model, const CudaRunnerConfig& config, int64_t rank = 0,
-       cuda::NcclComm* comm = nullptr);
+       cuda::NcclComm* comm = nullptr, cuda::CustomAllReduce* car = nullptr,
+       std::optional<size_t> free_before = std::nullopt);
   ~Impl();
   void init(const DecoderParts& parts);
   void release_all();
@@ -456,16 +458,16 @@ struct CudaModelRunner::Impl {
 };
 
 CudaModelRunner::Impl::Impl(const Model& model, const CudaRunnerConfig& config, int64_t tp_rank,
-                            cuda::NcclComm* tp_comm)
-    : rc(config), cfg(model.config()), rank(tp_rank), comm(tp_comm) {
+                            cuda::NcclComm* tp_comm, cuda::CustomAllReduce* tp_car,
+                            std::optional<size_t> free_before)
+    : rc(config), cfg(model.config()), rank(tp_rank), comm(tp_comm), car(tp_car) {
   rc.device = config.device + int(rank);
   ATOM_ASSERT(rank >= 0 && rank < std::max<int64_t>(rc.tp_size, 1));
   ATOM_ASSERT(!sharded() || comm != nullptr);
   if (sharded()) layout = make_tp_layout(cfg, rc.tp_size, rank);
   const DecoderParts parts = decoder_parts(model);
   ATOM_CHECK(parts.weights != nullptr, kUnsupported,
-             "device 'cuda' runs decoder models (Llama, Qwen3); {} is not one",
-             cfg.architecture);
+             "device 'cuda' runs decoder models (Llama, Qwen3); {} is not one", cfg.architecture);
   ATOM_CHECK(rc.num_blocks >= 0 && rc.block_size > 0 && rc.max_num_batched_tokens > 0 &&
                  rc.max_num_seqs > 0 && rc.max_model_len > 0,
              kInvalidArgument,
@@ -473,9 +475,8 @@ CudaModelRunner::Impl::Impl(const Model& model, const CudaRunnerConfig& config, 
              "max_model_len {}",
              rc.num_blocks, rc.block_size, rc.max_num_batched_tokens, rc.max_num_seqs,
              rc.max_model_len);
-  ATOM_CHECK(rc.gpu_memory_utilization > 0.0 && rc.gpu_memory_utilization <= 1.0,
-             kInvalidArgument, "--gpu-memory-utilization must be in (0, 1], got {}",
-             rc.gpu_memory_utilization);
+  ATOM_CHECK(rc.gpu_memory_utilization > 0.0 && rc.gpu_memory_utilization <= 1.0, kInvalidArgument,
+             "--gpu-memory-utilization must be in (0, 1], got {}", rc.gpu_memory_utilization);
   for (const int64_t b : rc.cudagraph_capture_sizes)
     ATOM_CHECK(b > 0, kInvalidArgument, "CUDA graph capture sizes must be positive, got {}", b);
   ATOM_CHECK(cfg.head_dim == 64 || cfg.head_dim == 128, kUnsupported,
@@ -488,6 +489,7 @@ CudaModelRunner::Impl::Impl(const Model& model, const CudaRunnerConfig& config, 
   cuda::register_cupti_tracer();  // profiler sessions from now on record this GPU's kernels
   size_t total = 0;
   ATOM_CUDA_CHECK(cudaMemGetInfo(&free_at_start, &total));  // after the context exists
+  if (free_before) free_at_start = *free_before;
   try {
     init(parts);
   } catch (...) {
@@ -505,8 +507,8 @@ std::string CudaModelRunner::Impl::who() const {
 void CudaModelRunner::Impl::init(const DecoderParts& parts) {
   const auto t0 = std::chrono::steady_clock::now();
   variant = parts.variant;
-  d = make_dims(cfg, rc.block_size, rc.max_num_batched_tokens, rc.max_num_seqs,
-                rc.max_model_len, sharded() ? &layout : nullptr);
+  d = make_dims(cfg, rc.block_size, rc.max_num_batched_tokens, rc.max_num_seqs, rc.max_model_len,
+                sharded() ? &layout : nullptr);
   ATOM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   gemm = std::make_unique<cuda::Gemm>();
 
@@ -530,8 +532,7 @@ void CudaModelRunner::Impl::init(const DecoderParts& parts) {
       dl.qkv_bias = upload_or_null(L.qkv_bias);
       dl.o = upload_matrix({&L.o});
       dl.o_bias = upload_or_null(L.o_bias);
-      dl.gate_up =
-          L.gate_up.data ? upload_matrix({&L.gate_up}) : upload_matrix({&L.gate, &L.up});
+      dl.gate_up = L.gate_up.data ? upload_matrix({&L.gate_up}) : upload_matrix({&L.gate, &L.up});
       dl.gate_up_bias = upload_or_null(L.gate_up_bias);
       dl.down = upload_matrix({&L.down});
       dl.down_bias = upload_or_null(L.down_bias);
@@ -544,8 +545,7 @@ void CudaModelRunner::Impl::init(const DecoderParts& parts) {
              parts.rope ? parts.rope->inv_freq.size() : 0, cfg.rotary_dim);
   inv_freq = device_alloc<float>(parts.rope->inv_freq.size());
   ATOM_CUDA_CHECK(cudaMemcpy(inv_freq, parts.rope->inv_freq.data(),
-                             parts.rope->inv_freq.size() * sizeof(float),
-                             cudaMemcpyHostToDevice));
+                             parts.rope->inv_freq.size() * sizeof(float), cudaMemcpyHostToDevice));
   attention_factor = parts.rope->attention_factor;
   free_upload_staging();
   ATOM_CHECK(!variant.qk_norm || (layers.empty() || layers[0].q_norm != nullptr), kInternal,
@@ -560,8 +560,7 @@ void CudaModelRunner::Impl::init(const DecoderParts& parts) {
   weight_bytes = mp.weight_bytes;
   workspace_bytes = mp.workspace_bytes;
   weights_memory = profiler::MemoryRecord("cuda weights", int64_t(weight_bytes), rc.device);
-  workspace_memory =
-      profiler::MemoryRecord("cuda workspace", int64_t(workspace_bytes), rc.device);
+  workspace_memory = profiler::MemoryRecord("cuda workspace", int64_t(workspace_bytes), rc.device);
   const size_t meta = max_meta_entries(d);
   const size_t pinned_bytes = size_t(kRing) * (meta + size_t(d.max_seqs)) * sizeof(int32_t);
   ATOM_CUDA_CHECK(cudaMallocHost(&pinned, pinned_bytes));
@@ -571,8 +570,8 @@ void CudaModelRunner::Impl::init(const DecoderParts& parts) {
   }
   for (cudaEvent_t& e : events)
     ATOM_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-  ATOM_CUDA_CHECK(cudaMemsetAsync(act.ids, 0, size_t(kRing * d.max_seqs) * sizeof(int32_t),
-                                  stream));
+  ATOM_CUDA_CHECK(
+      cudaMemsetAsync(act.ids, 0, size_t(kRing * d.max_seqs) * sizeof(int32_t), stream));
   sync();
   ATOM_LOG_INFO("{}CUDA runner: {:.2f} GiB of weights uploaded in {:.2f} s", who(),
                 weight_bytes / kGiB, seconds_since(t0));
@@ -707,8 +706,8 @@ bf16* CudaModelRunner::Impl::upload_rows(const std::vector<RowRange>& parts, int
         std::vector<float> scratch;
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < n; ++r)
-          row_to_bf16(*p.m, p.first + r0 + r, col_first, col_count,
-                      staging + size_t(r * col_count), scratch);
+          row_to_bf16(*p.m, p.first + r0 + r, col_first, col_count, staging + size_t(r * col_count),
+                      scratch);
       }
       ATOM_CUDA_CHECK(cudaMemcpyAsync(dst + size_t(out_row * col_count), staging,
                                       size_t(n) * row_bytes, cudaMemcpyHostToDevice, stream));
@@ -756,7 +755,7 @@ std::vector<int64_t> CudaModelRunner::Impl::capture_sizes() const {
 // `num_seqs` sequences of `len` tokens each (graph_batch 0), or a decode batch of graph_batch
 // padded rows (num_seqs == 0): the warm-up's and the captures' shapes, over KV block 0 only.
 CudaModelRunner::Impl::Plan CudaModelRunner::Impl::dummy_plan(int64_t num_seqs, int64_t len,
-                                                               int64_t graph_batch) const {
+                                                              int64_t graph_batch) const {
   Plan p;
   p.graph_batch = graph_batch;
   ForwardBatch& b = p.batch;
@@ -817,8 +816,8 @@ void CudaModelRunner::Impl::warm_up() {
   std::memcpy(extra_staging[0], &pen, sizeof(pen));
   extra_staging[0][pen_words] = 0;  // the masked stop id
   ATOM_CUDA_CHECK(cudaMemcpyAsync(extra_device, extra_staging[0],
-                                  size_t(pen_words + 1) * sizeof(int32_t),
-                                  cudaMemcpyHostToDevice, stream));
+                                  size_t(pen_words + 1) * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                  stream));
   int64_t slot = 0;
   for (const Plan* p : {&prefill, &decode}) {
     const int64_t rows = int64_t(p->batch.logits_indices.size());
@@ -880,8 +879,8 @@ size_t CudaModelRunner::Impl::measure_graph_bytes() {
 }
 
 int64_t CudaModelRunner::Impl::kv_blocks_affordable() {
-  const size_t block_bytes = size_t(2 * d.layers * rc.block_size * d.kv_size) *
-                             kv_element_bytes(rc.kv_cache_fp8);
+  const size_t block_bytes =
+      size_t(2 * d.layers * rc.block_size * d.kv_size) * kv_element_bytes(rc.kv_cache_fp8);
   int64_t blocks = rc.num_blocks;
   if (blocks == 0) {
     // The graphs' memory is measured on a one-block pool before the real one exists.
@@ -898,8 +897,8 @@ int64_t CudaModelRunner::Impl::kv_blocks_affordable() {
     // actually free caps it.
     const double budget = rc.gpu_memory_utilization * double(total_bytes);
     const double used = double(free_at_start) - double(free_bytes);  // this runner's memory
-    const double kv_bytes = std::min(budget - used - double(graph_bytes),
-                                     double(free_bytes) - double(graph_bytes));
+    const double kv_bytes =
+        std::min(budget - used - double(graph_bytes), double(free_bytes) - double(graph_bytes));
     blocks = kv_bytes > 0 ? int64_t(kv_bytes / double(block_bytes)) : 0;
     const double other = used - double(weight_bytes) - double(workspace_bytes);
     ATOM_LOG_INFO(
@@ -916,8 +915,8 @@ int64_t CudaModelRunner::Impl::kv_blocks_affordable() {
                "{:.2f} GiB, or the {:.2f} GiB still free; raise --gpu-memory-utilization or "
                "lower --max-num-batched-tokens / --max-num-seqs",
                who(), double(weight_bytes) / kGiB, double(workspace_bytes) / kGiB,
-               std::max(other, 0.0) / kGiB, rc.gpu_memory_utilization,
-               double(total_bytes) / kGiB, double(free_bytes) / kGiB);
+               std::max(other, 0.0) / kGiB, rc.gpu_memory_utilization, double(total_bytes) / kGiB,
+               double(free_bytes) / kGiB);
   }
   affordable_blocks = blocks;
   return blocks;
@@ -925,11 +924,11 @@ int64_t CudaModelRunner::Impl::kv_blocks_affordable() {
 
 void CudaModelRunner::Impl::finish_start_up(int64_t blocks) {
   ATOM_ASSERT(blocks > 0 && kv_pool == nullptr);
-  const size_t block_bytes = size_t(2 * d.layers * rc.block_size * d.kv_size) *
-                             kv_element_bytes(rc.kv_cache_fp8);
+  const size_t block_bytes =
+      size_t(2 * d.layers * rc.block_size * d.kv_size) * kv_element_bytes(rc.kv_cache_fp8);
   ATOM_CUDA_CHECK(cudaMalloc(&kv_pool, size_t(blocks) * block_bytes));
-  kv_memory = profiler::MemoryRecord("cuda kv cache", int64_t(size_t(blocks) * block_bytes),
-                                     rc.device);
+  kv_memory =
+      profiler::MemoryRecord("cuda kv cache", int64_t(size_t(blocks) * block_bytes), rc.device);
   ATOM_CUDA_CHECK(cudaMemsetAsync(kv_pool, 0, size_t(blocks) * block_bytes, stream));
   point_layers_at_pool(blocks);
   sync();
@@ -989,8 +988,7 @@ CudaModelRunner::Impl::Plan CudaModelRunner::Impl::plan(std::span<const StepSeq>
         ATOM_CHECK(it != last_id.end(), kInternal,
                    "sequence {} has a token in flight but no step sampled one for it", s.seq_id);
         ATOM_CHECK(it->second.step > num_submitted - kRing, kInternal,
-                   "sequence {}: its in-flight token is from a step too old to gather",
-                   s.seq_id);
+                   "sequence {}: its in-flight token is from a step too old to gather", s.seq_id);
         p.gather_src.push_back(int32_t((it->second.step % kRing) * d.max_seqs + it->second.row));
         p.gather_dst.push_back(int32_t(b.token_ids.size()));
         id = 0;  // replaced on the device before the embedding reads it
@@ -1084,24 +1082,24 @@ CudaModelRunner::Impl::Layout CudaModelRunner::Impl::upload_plan(
   }
   L.words = at;
   ATOM_ASSERT(at <= max_meta_entries(d));
-  ATOM_CUDA_CHECK(cudaMemcpyAsync(act.meta, host, at * sizeof(int32_t), cudaMemcpyHostToDevice,
-                                  stream));
+  ATOM_CUDA_CHECK(
+      cudaMemcpyAsync(act.meta, host, at * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
   return L;
 }
 
 void CudaModelRunner::Impl::enqueue_forward(const Layout& L) {
   const int64_t T = L.T, S = L.S, R = L.R;
-  cuda::launch_gather_ids(act.ids, kRing * d.max_seqs, L.gather_src, L.gather_dst, L.G,
-                          L.token_ids, T, stream);
+  cuda::launch_gather_ids(act.ids, kRing * d.max_seqs, L.gather_src, L.gather_dst, L.G, L.token_ids,
+                          T, stream);
 
   const float eps = float(cfg.rms_norm_eps);
   const float scale = 1.0f / std::sqrt(float(d.D));
   const int64_t H = d.H, I = d.I;
   const cuda::RopeArgs rope{L.positions, inv_freq, attention_factor, cfg.rotary_dim};
-  cuda::PagedAttentionBatch attn{L.cu_seqlens, L.seq_lens, L.block_tables, L.bt_stride, S, T,
+  cuda::PagedAttentionBatch attn{L.cu_seqlens, L.seq_lens,  L.block_tables, L.bt_stride, S, T,
                                  L.max_blocks, L.max_q_len, L.max_seq_len};
-  const size_t ws_bytes = cuda::paged_attention_workspace_bytes(S, d.nh, d.nkv, d.D, L.max_q_len,
-                                                                L.max_seq_len);
+  const size_t ws_bytes =
+      cuda::paged_attention_workspace_bytes(S, d.nh, d.nkv, d.D, L.max_q_len, L.max_seq_len);
   ATOM_ASSERT(ws_bytes <= act.attn_ws_bytes);
 
   if (sharded()) {  // vocabulary-parallel: this rank's rows, zeros for the others', summed
@@ -1131,26 +1129,26 @@ void CudaModelRunner::Impl::enqueue_forward(const Layout& L) {
     cuda::PagedKvCache cache{Ly.k_cache, Ly.v_cache, kv_blocks, rc.block_size, d.nkv, d.D};
     if (rc.kv_cache_fp8) cache.dtype = DType::kF8E4M3;
     cuda::paged_attention(act.q, d.nh, cache, attn, scale, act.attn, act.attn_ws, ws_bytes,
-                          stream);  // [T, nh, D]
+                          stream);                                                  // [T, nh, D]
     gemm->launch(act.attn, Ly.o, Ly.o_bias, act.attn_out, T, H, d.q_size, stream);  // [T, H]
     // --- MLP block ---
     allreduce_add_rms_norm(act.attn_out, act.residual, Ly.ffn_norm, act.h, T);
     gemm->launch(act.h, Ly.gate_up, Ly.gate_up_bias, act.gate_up, T, 2 * I, H, stream);
-    cuda::launch_silu_and_mul(act.gate_up, act.act, T, I, stream);             // [T, I]
+    cuda::launch_silu_and_mul(act.gate_up, act.act, T, I, stream);               // [T, I]
     gemm->launch(act.act, Ly.down, Ly.down_bias, act.mlp_out, T, H, I, stream);  // [T, H]
   }
   // Final norm, then the LM head only for the rows that need logits.
   allreduce_add_rms_norm(act.mlp_out, act.residual, final_norm, act.h, T);
   cuda::launch_embedding(act.h, T, H, L.logits_rows, act.selected, R, stream);  // [R, H]
   if (!sharded()) {
-    gemm->launch(act.selected, lm_head, static_cast<const float*>(nullptr), act.logits, R,
-                 d.vocab, H, stream);  // [R, vocab] f32
-  } else if (R > 0) {  // every rank has the same R: all skip the collective or none does
+    gemm->launch(act.selected, lm_head, static_cast<const float*>(nullptr), act.logits, R, d.vocab,
+                 H, stream);  // [R, vocab] f32
+  } else if (R > 0) {         // every rank has the same R: all skip the collective or none does
     // Vocabulary-parallel: this rank's logits [R, vocab_local] go to its slot of the shards
     // [tp, R, vocab_local], which the all-gather fills in place; then dense rows [R, vocab].
     float* mine = act.shards + size_t(rank * R * d.vocab_local);
-    gemm->launch(act.selected, lm_head, static_cast<const float*>(nullptr), mine, R,
-                 d.vocab_local, H, stream);
+    gemm->launch(act.selected, lm_head, static_cast<const float*>(nullptr), mine, R, d.vocab_local,
+                 H, stream);
     comm->all_gather(mine, act.shards, size_t(R * d.vocab_local), DType::kF32, stream);
     cuda::launch_merge_vocab_shards(act.shards, d.tp, R, d.vocab_local, d.vocab, act.logits,
                                     stream);
@@ -1316,10 +1314,10 @@ void CudaModelRunner::Impl::launch(const HostStep& hs) {
   ATOM_CUDA_CHECK(cudaSetDevice(rc.device));
   const Plan& p = hs.plan;
   const int64_t slot = hs.slot;
-  const Layout L =
-      upload_plan(p, hs.all_greedy ? std::span<const cuda::SampleRowParams>{}
-                                   : std::span<const cuda::SampleRowParams>(hs.sample),
-                  slot);
+  const Layout L = upload_plan(p,
+                               hs.all_greedy ? std::span<const cuda::SampleRowParams>{}
+                                             : std::span<const cuda::SampleRowParams>(hs.sample),
+                               slot);
   {
     profiler::Scope scope("forward", "runner",
                           {{"tokens", p.batch.num_tokens()}, {"seqs", p.batch.num_seqs()}});
@@ -1347,8 +1345,8 @@ void CudaModelRunner::Impl::launch(const HostStep& hs) {
     at += pen_entries.size() * kEntryWords;
     const size_t stops_at = at;
     if (!stop_ids.empty()) std::memcpy(h + at, stop_ids.data(), stop_ids.size() * 4);
-    ATOM_CUDA_CHECK(cudaMemcpyAsync(extra_device, h, words * sizeof(int32_t),
-                                    cudaMemcpyHostToDevice, stream));
+    ATOM_CUDA_CHECK(
+        cudaMemcpyAsync(extra_device, h, words * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
     cuda::launch_apply_penalties(
         act.logits, d.vocab, reinterpret_cast<const cuda::PenaltyRowParams*>(extra_device),
         int64_t(pen_rows.size()),
@@ -1487,9 +1485,9 @@ struct CudaModelRunner::TpGroup {
   std::shared_ptr<cuda::CustomAllReduceGroup> car_group;
   std::vector<std::unique_ptr<cuda::CustomAllReduce>> cars;
   std::string car_note;  // how the group all-reduces, for the start-up line
-  std::vector<std::unique_ptr<RankWorker>> workers;    // [tp]
-  std::vector<int64_t> kv_blocks;                      // [tp]: what each rank's memory affords
-  std::vector<std::vector<int32_t>> last_ids;          // [tp]: the last collected step's ids
+  std::vector<std::unique_ptr<RankWorker>> workers;  // [tp]
+  std::vector<int64_t> kv_blocks;                    // [tp]: what each rank's memory affords
+  std::vector<std::vector<int32_t>> last_ids;        // [tp]: the last collected step's ids
   std::mutex comms_mutex;  // comms: each rank stores its own while abort_all may read them
   bool broken = false;     // a rank failed: the ranks may disagree on what ran; no more steps
 
@@ -1536,6 +1534,9 @@ struct CudaModelRunner::TpGroup {
   // ranks), each on its rank's thread; then the threads. Errors are dropped: nothing is left to
   // report them to.
   void destroy(std::unique_ptr<Impl>& rank0) {
+    // After a failed rank the others may wait in a collective for ever: abort them first, so the
+    // runners' stream synchronizations return.
+    if (broken) abort_all();
     auto each = [&](const std::function<void(int64_t)>& fn) {
       for (int64_t r = 0; r < tp; ++r)
         if (workers[size_t(r)]) workers[size_t(r)]->post([&fn, r] { fn(r); });
@@ -1606,17 +1607,23 @@ CudaModelRunner::CudaModelRunner(const Model& model, const CudaRunnerConfig& con
     const std::string no_peer = cuda::CustomAllReduce::peer_access_problem(devices);
     cuda::CustomAllReduceConfig car_config;
     car_config.quant = cuda::quick_reduce_quantization_from_env();
+    // A rank that failed leaves the others in the all-reduce's barrier: after a minute the
+    // kernel traps, the stream reports an error and the group can shut down instead of hanging.
+    car_config.barrier_timeout_ms = 60000;
     if (no_peer.empty()) {
       g.car_group = std::make_shared<cuda::CustomAllReduceGroup>(int(tp));
       g.cars.resize(size_t(tp));
     }
-    g.car_note = no_peer.empty()
-                     ? fmt::format("small all-reduces peer-to-peer ({} transfer){}",
-                                   cuda::all_reduce_quant_name(car_config.quant),
-                                   config.allreduce_rms_norm_fusion ? ", fused with add + RMSNorm"
-                                                                    : "")
-                     : "NCCL only (" + no_peer + ")";
+    g.car_note =
+        no_peer.empty()
+            ? fmt::format("small all-reduces peer-to-peer ({} transfer){}",
+                          cuda::all_reduce_quant_name(car_config.quant),
+                          config.allreduce_rms_norm_fusion ? ", fused with add + RMSNorm" : "")
+            : "NCCL only (" + no_peer + ")";
     g.run([&](int64_t r) {
+      size_t free_before = 0, total = 0;   // the worker made its device current
+      ATOM_CUDA_CHECK(cudaFree(nullptr));  // the context, whose memory is not the runner's
+      ATOM_CUDA_CHECK(cudaMemGetInfo(&free_before, &total));
       auto comm = std::make_unique<cuda::NcclComm>(id, int(tp), int(r));
       cuda::NcclComm* c = comm.get();
       {
@@ -1627,8 +1634,8 @@ CudaModelRunner::CudaModelRunner(const Model& model, const CudaRunnerConfig& con
       if (g.car_group)
         g.cars[size_t(r)] =
             std::make_unique<cuda::CustomAllReduce>(g.car_group, int(r), devices, car_config);
-      auto impl = std::make_unique<Impl>(model, config, r, c);
-      impl->car = g.car_group ? g.cars[size_t(r)].get() : nullptr;
+      auto impl = std::make_unique<Impl>(
+          model, config, r, c, g.car_group ? g.cars[size_t(r)].get() : nullptr, free_before);
       g.impls[size_t(r)] = impl.get();
       if (r == 0)
         impl_ = std::move(impl);
@@ -1645,8 +1652,7 @@ CudaModelRunner::CudaModelRunner(const Model& model, const CudaRunnerConfig& con
     ATOM_LOG_INFO(
         "tensor parallelism: {} ranks on devices {} to {}, ready in {:.2f} s; KV blocks each "
         "rank affords: {}; every rank's pool holds {}; {}",
-        tp, config.device, config.device + tp - 1, seconds_since(t0), per_rank, blocks,
-        g.car_note);
+        tp, config.device, config.device + tp - 1, seconds_since(t0), per_rank, blocks, g.car_note);
   } catch (...) {
     g.destroy(impl_);  // a constructor that throws runs no destructor
     throw;
@@ -1743,9 +1749,9 @@ std::vector<float> CudaModelRunner::forward_logits(std::span<const StepSeq> seqs
     k.sync();
   });
   for (int64_t r = 1; r < tp_->tp; ++r)
-    ATOM_CHECK(n == 0 || std::memcmp(logits[size_t(r)].data(), logits[0].data(),
-                                     n * sizeof(float)) == 0,
-               kInternal, "tensor-parallel rank {} ended a step with other logits than rank 0", r);
+    ATOM_CHECK(
+        n == 0 || std::memcmp(logits[size_t(r)].data(), logits[0].data(), n * sizeof(float)) == 0,
+        kInternal, "tensor-parallel rank {} ended a step with other logits than rank 0", r);
   return std::move(logits[0]);
 }
 
