@@ -2,13 +2,14 @@
 # [H]'s benchmarks on a host with 2 or 4 GPUs, after scripts/gpu-check.sh built build-gpu (or
 # ATOM_CHECK_TARGETS=atom scripts/gpu-check.sh), dummy weights at real shapes:
 #   tp      batch-1 decode TPOT (atom bench latency, 128 in / 256 out) with -tp 1, 2 and 4 (as
-#           many as there are GPUs) on the Llama-3.1-8B shape, and -tp 4 on a Llama-3.1-70B
-#           shape, each with ATOM_ENABLE_ALLREDUCE_RMSNORM_FUSION=1 and =0
+#           many as there are GPUs) on the Llama-3.1-8B shape, with
+#           ATOM_ENABLE_ALLREDUCE_RMSNORM_FUSION=1 and =0
+#   tp70    the same at -tp 4 on a Llama-3.1-70B shape (4 GPUs)
 #   serve   serving throughput, random 1024/1024, concurrency 64, 256 prompts, for each -tp
 #   dp      serving at concurrency 256 (1024 prompts, 1024/1024): -dp 1 against -dp 2, each
 #           replica on its own GPU (the target is >= 1.9x)
 # Results go to $ATOM_BUILD_DIR/bench-multi/ (one JSON or log per run); a table at the end.
-#   scripts/gpu-bench-multi.sh [tp] [serve] [dp]
+#   scripts/gpu-bench-multi.sh [tp] [tp70] [serve] [dp]
 # ATOM_BENCH_DRY=1 runs the dp step on the CPU with a tiny model and tiny lengths (it checks the
 # script, not the speed); tp needs CUDA and is skipped there.
 set -uo pipefail
@@ -115,6 +116,8 @@ if want tp && [ "$dry" != 1 ]; then
         --max-model-len 1024 --max-num-seqs 16 --output-json "$out/tp$t-fuse$fuse-8b.json"
     done
   done
+fi
+if want tp70 && [ "$dry" != 1 ]; then
   if [ "$gpus" -ge 4 ]; then
     for fuse in 1 0; do
       ATOM_ENABLE_ALLREDUCE_RMSNORM_FUSION=$fuse step "tp4-fuse$fuse-70b" "$atom" bench latency \
@@ -122,6 +125,8 @@ if want tp && [ "$dry" != 1 ]; then
         --input-len 128 --output-len 256 --num-iters-warmup 2 --num-iters 5 \
         --max-model-len 1024 --max-num-seqs 16 --output-json "$out/tp4-fuse$fuse-70b.json"
     done
+  else
+    echo "   tp70: needs 4 GPUs, $gpus here" >&2
   fi
 fi
 if want serve && [ "$dry" != 1 ]; then

@@ -31,6 +31,7 @@
 
 #include <fmt/format.h>
 
+#include "atom/backends/cuda/nccl_comm.h"
 #include "atom/core/error.h"
 #include "atom/io/hf_config.h"
 #include "atom/backends/cpu/quants.h"
@@ -356,23 +357,29 @@ std::vector<int32_t> context_at(const RefPrompt& p, size_t s) {
   return ctx;
 }
 
-class HfParity : public ::testing::TestWithParam<ModelCase> {};
-
-TEST_P(HfParity, MatchesTransformers) {
-  const ModelCase mc = GetParam();
-  if (!cuda::test::gpu_visible()) GTEST_SKIP() << "no CUDA device visible";
+// One checkpoint as atom loads it, with what the tolerances need.
+struct Loaded {
   Reference ref;
+  ModelConfig cfg;
+  std::unique_ptr<Model> model;
+  std::vector<double> head_share;  // |w_t| of every LM-head row over the largest
+  double n = 0;                    // the yardstick (see kMinBf16Error)
+  double load_s = 0;               // config + safetensors
+};
+
+// Loads `name`'s reference and checkpoint into `m`; the config atom reads back must be the one
+// transformers ran. Failures are gtest failures (fatal ones end the caller: check
+// HasFatalFailure()).
+void load_checked(const std::string& name, Loaded& m) {
   try {
-    ref = load_reference(mc.name);
+    m.ref = load_reference(name);
   } catch (const std::exception& e) {
     FAIL() << e.what();
   }
-  const std::string label = mc.name;
-  std::vector<std::string> report;
-
-  // The config atom reads back is the one transformers ran.
+  const Reference& ref = m.ref;
   const auto t_load = std::chrono::steady_clock::now();
-  const ModelConfig cfg = load_hf_config(ref.dir);
+  m.cfg = load_hf_config(ref.dir);
+  const ModelConfig& cfg = m.cfg;
   const json& want = ref.meta.at("config");
   EXPECT_EQ(cfg.architecture, want.at("architecture").get<std::string>());
   EXPECT_EQ(cfg.vocab_size, want.at("vocab_size").get<int64_t>());
@@ -399,72 +406,118 @@ TEST_P(HfParity, MatchesTransformers) {
   }
   ASSERT_EQ(cfg.vocab_size, ref.vocab);
 
-  std::unique_ptr<Model> model = load_model_from_hf(ref.dir, cfg, LoadFormat::kAuto);
-  const double load_s = seconds_since(t_load);
-  // |w_t| of every LM-head row over the largest (see the near-tie threshold).
-  std::vector<double> head_share(size_t(cfg.vocab_size));
-  {
-    const DecoderParts parts = decoder_parts(*model);
-    ASSERT_NE(parts.weights, nullptr);
-    const cpu::QMatrix& w = parts.weights->lm_head;
-    std::vector<float> row(size_t(w.cols));
-    double max_norm = 0;
-    for (int64_t r = 0; r < w.rows; ++r) {
-      cpu::dequantize_row(w.type, w.row(r), row.data(), w.cols);
-      double ss = 0;
-      for (float x : row) ss += double(x) * x;
-      head_share[size_t(r)] = std::sqrt(ss);
-      max_norm = std::max(max_norm, head_share[size_t(r)]);
-    }
-    ASSERT_GT(max_norm, 0.0);
-    for (double& x : head_share) x /= max_norm;
+  m.model = load_model_from_hf(ref.dir, cfg, LoadFormat::kAuto);
+  m.load_s = seconds_since(t_load);
+  m.head_share.assign(size_t(cfg.vocab_size), 0.0);
+  const DecoderParts parts = decoder_parts(*m.model);
+  ASSERT_NE(parts.weights, nullptr);
+  const cpu::QMatrix& w = parts.weights->lm_head;
+  std::vector<float> row(size_t(w.cols));
+  double max_norm = 0;
+  for (int64_t r = 0; r < w.rows; ++r) {
+    cpu::dequantize_row(w.type, w.row(r), row.data(), w.cols);
+    double ss = 0;
+    for (float x : row) ss += double(x) * x;
+    m.head_share[size_t(r)] = std::sqrt(ss);
+    max_norm = std::max(max_norm, m.head_share[size_t(r)]);
   }
-  auto scaled = [&](double bound) {
-    return [&head_share, bound](int32_t a, int32_t b) {
-      const auto share = [&](int32_t t) {
-        return t >= 0 && size_t(t) < head_share.size() ? head_share[size_t(t)] : 1.0;
-      };
-      return bound * std::max(share(a), share(b));
+  ASSERT_GT(max_norm, 0.0);
+  for (double& x : m.head_share) x /= max_norm;
+  m.n = std::max(ref.meta.at("bf16_error").get<double>(), kMinBf16Error);
+}
+
+// A near-tie threshold for a pair of tokens: `bound` x the larger of their head-row shares.
+std::function<double(int32_t, int32_t)> scaled(const std::vector<double>& head_share,
+                                               double bound) {
+  return [&head_share, bound](int32_t a, int32_t b) {
+    const auto share = [&](int32_t t) {
+      return t >= 0 && size_t(t) < head_share.size() ? head_share[size_t(t)] : 1.0;
     };
+    return bound * std::max(share(a), share(b));
   };
-  const auto t_upload = std::chrono::steady_clock::now();
+}
+
+// The CUDA runner's configuration for these tests: three roles' blocks, contexts up to 256.
+CudaRunnerConfig parity_config() {
   CudaRunnerConfig rc;
   rc.num_blocks = kNumRoles * kBlocksPerSeq;
   rc.block_size = kBlockSize;
   rc.max_num_batched_tokens = kMaxModelLen;
   rc.max_num_seqs = 4;
   rc.max_model_len = kMaxModelLen;
-  CudaModelRunner gpu(*model, rc);
-  const double upload_s = seconds_since(t_upload);
+  return rc;
+}
+
+// A CUDA runner's logits of a context's last position, each on a fresh sequence, and fresh
+// sequence ids for teacher_forced().
+class GpuLogits {
+ public:
+  GpuLogits(CudaModelRunner& runner, const SamplingParams& greedy)
+      : runner_(runner), greedy_(greedy) {}
+  std::vector<float> operator()(const std::vector<int32_t>& ctx, Role role) {
+    const std::vector<int32_t> table = block_table(role);
+    const int64_t id = next_id_++, n = int64_t(ctx.size());
+    const StepSeq q{id, ctx, n, 0, n, table, true, &greedy_};
+    std::vector<float> logits = runner_.forward_logits(std::span<const StepSeq>(&q, 1));
+    runner_.release(id);
+    return logits;
+  }
+  int64_t fresh_id() { return next_id_++; }
+
+ private:
+  CudaModelRunner& runner_;
+  const SamplingParams& greedy_;
+  int64_t next_id_ = 1;
+};
+
+// Worst relative error over the prompts, and where.
+struct Worst {
+  double value = 0;
+  std::string at;
+  void add(double e, size_t prompt, int64_t logit) {
+    if (e < value) return;
+    value = e;
+    at = fmt::format("prompt {} logit {}", prompt, logit);
+  }
+};
+
+SamplingParams greedy_params() {
   SamplingParams greedy;
   greedy.temperature = 0.0f;
   greedy.ignore_eos = true;
+  return greedy;
+}
 
-  // CUDA logits of `ctx`'s last position, on a fresh sequence.
-  int64_t next_id = 1;
-  auto gpu_logits = [&](const std::vector<int32_t>& ctx, Role role) {
-    const std::vector<int32_t> table = block_table(role);
-    const int64_t id = next_id++, n = int64_t(ctx.size());
-    const StepSeq q{id, ctx, n, 0, n, table, true, &greedy};
-    std::vector<float> logits = gpu.forward_logits(std::span<const StepSeq>(&q, 1));
-    gpu.release(id);
-    return logits;
-  };
+// gtest's name of a model case: "llama_8b".
+std::string case_name(const ::testing::TestParamInfo<ModelCase>& info) {
+  std::string n = info.param.name;
+  std::replace(n.begin(), n.end(), '-', '_');
+  return n;
+}
+
+class HfParity : public ::testing::TestWithParam<ModelCase> {};
+
+TEST_P(HfParity, MatchesTransformers) {
+  const ModelCase mc = GetParam();
+  if (!cuda::test::gpu_visible()) GTEST_SKIP() << "no CUDA device visible";
+  Loaded m;
+  load_checked(mc.name, m);
+  if (HasFatalFailure()) return;
+  const Reference& ref = m.ref;
+  const std::vector<double>& head_share = m.head_share;
+  const std::string label = mc.name;
+  std::vector<std::string> report;
+  const double load_s = m.load_s;
+
+  const auto t_upload = std::chrono::steady_clock::now();
+  CudaModelRunner gpu(*m.model, parity_config());
+  const double upload_s = seconds_since(t_upload);
+  const SamplingParams greedy = greedy_params();
+  GpuLogits gpu_logits(gpu, greedy);
 
   // The yardstick n (see kMinBf16Error) and what follows from it.
-  const double n = std::max(ref.meta.at("bf16_error").get<double>(), kMinBf16Error);
+  const double n = m.n;
   const double tol_exact = 2 * n, tol_hf = 3 * n, near_tie = 6 * n;
-
-  // Worst relative error over the prompts, and where.
-  struct Worst {
-    double value = 0;
-    std::string at;
-    void add(double e, size_t prompt, int64_t logit) {
-      if (e < value) return;
-      value = e;
-      at = fmt::format("prompt {} logit {}", prompt, logit);
-    }
-  };
   const auto t_run = std::chrono::steady_clock::now();
   Worst vs_exact, vs_hf, last_vs_exact, last_vs_hf;
   TokenTally hf_tally;
@@ -476,13 +529,13 @@ TEST_P(HfParity, MatchesTransformers) {
     vs_exact.add(worst_rel_error(prefill, p.exact, &where), i, where);
     vs_hf.add(worst_rel_error(prefill, p.prefill, &where), i, where);
     std::vector<float> last;
-    gpu_tokens.push_back(teacher_forced(gpu, next_id++, p, greedy, &last));
+    gpu_tokens.push_back(teacher_forced(gpu, gpu_logits.fresh_id(), p, greedy, &last));
     last_vs_exact.add(worst_rel_error(last, p.last_exact, &where), i, where);
     last_vs_hf.add(worst_rel_error(last, p.last, &where), i, where);
     std::vector<int32_t> want;
     for (const RefStep& s : p.steps) want.push_back(s.token);
     compare_tokens(
-        label + " cuda vs transformers", i, want, gpu_tokens.back(), scaled(near_tie),
+        label + " cuda vs transformers", i, want, gpu_tokens.back(), scaled(head_share, near_tie),
         [&](size_t s) { return LogitView::top_k(p.steps[s]); },
         [&](size_t s) { return LogitView::full(gpu_logits(context_at(p, s), kScratchSeq)); },
         hf_tally);
@@ -521,20 +574,20 @@ TEST_P(HfParity, MatchesTransformers) {
   if (mc.run_cpu) {
     // The CPU runner on the same checkpoint: prefill logits against the f32 reference, greedy
     // tokens (same teacher-forced inputs) against the CUDA runner's.
-    ModelRunner cpu(*model, kNumRoles * kBlocksPerSeq, kBlockSize);
+    ModelRunner cpu(*m.model, kNumRoles * kBlocksPerSeq, kBlockSize);
     Worst cpu_exact;
     TokenTally cpu_tally;
     const double cpu_near_tie = 2 * (tol_exact + kCpuTol);
     for (size_t i = 0; i < ref.prompts.size(); ++i) {
       const RefPrompt& p = ref.prompts[i];
       int64_t where = 0;
-      cpu_exact.add(worst_rel_error(cpu_last_logits(*model, p.prompt), p.exact, &where), i,
+      cpu_exact.add(worst_rel_error(cpu_last_logits(*m.model, p.prompt), p.exact, &where), i,
                     where);
       const std::vector<int32_t> got = teacher_forced(cpu, int64_t(1000 + i), p, greedy, nullptr);
       compare_tokens(
-          label + " cpu vs cuda", i, gpu_tokens[i], got, scaled(cpu_near_tie),
+          label + " cpu vs cuda", i, gpu_tokens[i], got, scaled(head_share, cpu_near_tie),
           [&](size_t s) { return LogitView::full(gpu_logits(context_at(p, s), kScratchSeq)); },
-          [&](size_t s) { return LogitView::full(cpu_last_logits(*model, context_at(p, s))); },
+          [&](size_t s) { return LogitView::full(cpu_last_logits(*m.model, context_at(p, s))); },
           cpu_tally);
     }
     EXPECT_LE(cpu_exact.value, kCpuTol) << "CPU prefill logits against f32 at " << cpu_exact.at;
@@ -557,12 +610,104 @@ TEST_P(HfParity, MatchesTransformers) {
   if (HasFailure()) out << "[hf parity " << label << "] FAILED\n";
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, HfParity, ::testing::ValuesIn(kModels),
-                         [](const auto& info) {
-                           std::string n = info.param.name;
-                           std::replace(n.begin(), n.end(), '-', '_');
-                           return n;
-                         });
+INSTANTIATE_TEST_SUITE_P(Models, HfParity, ::testing::ValuesIn(kModels), case_name);
+
+// Tensor parallelism on the same checkpoints: -tp 2 and -tp 4 (as many ranks as GPUs are
+// visible), each with and without the fused all-reduce + RMSNorm
+// (ATOM_ENABLE_ALLREDUCE_RMSNORM_FUSION) and eagerly and from CUDA graphs, against one GPU on
+// the same teacher-forced inputs:
+//   * prefill and last-step logits within 2n of the f32 reference, as one GPU is held to;
+//   * every greedy token equal to one GPU's, unless the two tokens' logits are within
+//     2 (2n + 2n) = 8n (x the head-row share) in either runner's row: a near-tie, reported;
+//   * graphs actually replayed (or, eagerly, none did).
+// A wrong shard, a missing or doubled all-reduce or a misplaced vocabulary column moves logits
+// by about their RMS, far beyond 2n.
+class HfParityTp : public ::testing::TestWithParam<ModelCase> {};
+
+TEST_P(HfParityTp, MatchesOneGpu) {
+  const ModelCase mc = GetParam();
+  const int visible = cuda_device_count();
+  if (visible < 2) GTEST_SKIP() << "needs 2 GPUs, " << visible << " visible";
+  if (!cuda::nccl_available()) GTEST_SKIP() << "this build has no NCCL";
+  Loaded m;
+  load_checked(mc.name, m);
+  if (HasFatalFailure()) return;
+  const Reference& ref = m.ref;
+  const SamplingParams greedy = greedy_params();
+  const double tol_exact = 2 * m.n, near_tie = 8 * m.n;
+  std::vector<std::string> report;
+
+  // One GPU, from graphs: the tokens every layout must give.
+  CudaModelRunner one(*m.model, parity_config());
+  GpuLogits one_logits(one, greedy);
+  std::vector<std::vector<int32_t>> want;
+  for (const RefPrompt& p : ref.prompts)
+    want.push_back(teacher_forced(one, one_logits.fresh_id(), p, greedy, nullptr));
+
+  for (const int64_t tp : {int64_t(2), int64_t(4)}) {
+    if (tp > visible) {
+      report.push_back(fmt::format("[hf parity tp {}] -tp {} not run: {} GPUs visible", mc.name,
+                                   tp, visible));
+      continue;
+    }
+    for (const bool fuse : {true, false}) {
+      for (const bool eager : {false, true}) {
+        const std::string label = fmt::format("{} -tp {} {} {}", mc.name, tp,
+                                              fuse ? "fused" : "unfused",
+                                              eager ? "eager" : "graphs");
+        SCOPED_TRACE(label);
+        CudaRunnerConfig rc = parity_config();
+        rc.tp_size = tp;
+        rc.allreduce_rms_norm_fusion = fuse;
+        rc.enforce_eager = eager;
+        const auto t_start = std::chrono::steady_clock::now();
+        CudaModelRunner r(*m.model, rc);
+        const double start_s = seconds_since(t_start);
+        ASSERT_EQ(r.tp_size(), tp);
+        GpuLogits logits(r, greedy);
+        Worst prefill, last;
+        TokenTally tally;
+        for (size_t i = 0; i < ref.prompts.size(); ++i) {
+          const RefPrompt& p = ref.prompts[i];
+          int64_t where = 0;
+          prefill.add(worst_rel_error(logits(p.prompt, kPrefillSeq), p.exact, &where), i, where);
+          std::vector<float> last_row;
+          const std::vector<int32_t> got =
+              teacher_forced(r, logits.fresh_id(), p, greedy, &last_row);
+          last.add(worst_rel_error(last_row, p.last_exact, &where), i, where);
+          compare_tokens(
+              label + " vs -tp 1", i, want[i], got, scaled(m.head_share, near_tie),
+              [&](size_t s) { return LogitView::full(one_logits(context_at(p, s), kScratchSeq)); },
+              [&](size_t s) { return LogitView::full(logits(context_at(p, s), kScratchSeq)); },
+              tally);
+        }
+        EXPECT_LE(prefill.value, tol_exact) << "prefill logits against f32 at " << prefill.at;
+        EXPECT_LE(last.value, tol_exact) << "last-step logits against f32 at " << last.at;
+        EXPECT_GE(tally.equal, tally.total * 3 / 4) << "too many near-ties to trust";
+        if (eager) {
+          EXPECT_EQ(r.num_graph_steps(), 0);
+        } else {
+          EXPECT_GT(r.num_graph_steps(), 0) << "no step replayed a graph";
+        }
+        report.push_back(fmt::format(
+            "[hf parity tp] {}: greedy tokens equal to -tp 1's {} of {} (teacher-forced), near-ties "
+            "{} (threshold 8n = {:.3f}); worst |atom - f32| prefill {:.4f}, last step {:.4f} x RMS "
+            "(tol 2n = {:.4f}); runner start {:.1f} s, graph steps {}",
+            label, tally.equal, tally.total, tally.near_ties, near_tie, prefill.value, last.value,
+            tol_exact, start_s, r.num_graph_steps()));
+        for (const std::string& note : tally.notes) report.push_back("  " + note);
+      }
+    }
+  }
+  std::ofstream out(fs::path(ref.dir) / "parity_tp.txt", std::ios::trunc);
+  for (const std::string& line : report) {
+    std::printf("%s\n", line.c_str());
+    out << line << "\n";
+  }
+  if (HasFailure()) out << "[hf parity tp " << mc.name << "] FAILED\n";
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, HfParityTp, ::testing::ValuesIn(kModels), case_name);
 
 }  // namespace
 }  // namespace atom
