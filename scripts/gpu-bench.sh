@@ -16,7 +16,9 @@
 # (scripts/bench_table.py). Results go to $ATOM_BUILD_DIR/bench-results/; the new summary to
 # bench-results/summary.json (copy it over docs/bench-results.json when recording a run).
 #   scripts/gpu-bench.sh [only...]    e.g. scripts/gpu-bench.sh decode prefill
-# ATOM_BENCH_CONCURRENCY="64 256" serves only these concurrencies (default: 1 16 64 256).
+# ATOM_BENCH_CONCURRENCY="64 256" serves only these concurrencies (default: 1 16 64 256);
+# ATOM_BENCH_SERVE_BATCHED_TOKENS (default 4096) is the server's --max-num-batched-tokens and
+# ATOM_BENCH_SERVE_ARGS adds flags to it.
 # ATOM_BENCH_DRY=1 runs every step on the CPU with a tiny model and tiny lengths: it checks this
 # script and the table, not the engine's speed (no ceilings, no transformers baseline).
 set -uo pipefail
@@ -120,6 +122,12 @@ if want throughput; then
   step throughput "$atom" bench throughput --model "$qwen06" "${dummy[@]}" --num-seqs "$n" \
     --input-len-range "$(len 100),$(len 1024)" --output-len-range "$(len 100),$(len 1024)" \
     --seed 0 --max-model-len 2048
+  # The same with an fp8 e4m3 KV cache: at 256 sequences the step is mostly KV reads.
+  if [ "$dry" != 1 ]; then
+    step throughput-fp8kv "$atom" bench throughput --model "$qwen06" "${dummy[@]}" \
+      --num-seqs "$n" --input-len-range 100,1024 --output-len-range 100,1024 --seed 0 \
+      --max-model-len 2048 --kv_cache_dtype fp8
+  fi
 fi
 # start_server MODEL_DIR LOG [flags...]: starts `atom serve` in the background ($server, $port)
 # and waits for /health; $ready is the seconds from launch to ready, empty if it never was.
@@ -153,11 +161,15 @@ stop_server() {
 
 if want serve; then
   echo "== serve: atom serve --model $llama8b --load-format dummy, then atom bench serve" >&2
-  # Prefill chunks of 2048 tokens (chunked prefill is on): requests that arrive together get
-  # their first tokens one or two at a time instead of all after one long step, which spreads
-  # the later arrivals out (their TTFT is then one chunk, not a whole wave's prefill).
+  # Steps of at most 4096 tokens (chunked prefill is on): requests that arrive together get
+  # their first tokens a few at a time instead of all after one long step, which spreads the
+  # later arrivals out, and two 1024-token prompts that arrive together still share one step
+  # with the decodes (2048 split them: c=16's median TTFT was 165 ms). ATOM_BENCH_SERVE_ARGS
+  # adds server flags (e.g. --kv_cache_dtype fp8).
+  # shellcheck disable=SC2086
   if start_server "$llama8b" "$out/serve-server.log" --load-format dummy --max-model-len 4096 \
-      --max-num-batched-tokens 2048; then
+      --max-num-batched-tokens "${ATOM_BENCH_SERVE_BATCHED_TOKENS:-4096}" \
+      ${ATOM_BENCH_SERVE_ARGS:-}; then
     printf '{"startup_seconds": %s}\n' "$ready" >"$out/startup.json"
     for c in ${ATOM_BENCH_CONCURRENCY:-1 16 64 256}; do
       prompts=$(( 4 * c < 32 ? 32 : 4 * c ))
