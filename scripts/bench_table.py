@@ -138,9 +138,11 @@ def main() -> int:
     for c, (key, unit, target, ok) in serve_targets.items():
         j = load(r / f"serve-c{c}.json")
         val = j.get(key) if j else None
+        flags = r / f"serve-c{c}.flags"
         extra = "" if not j else (f"out {j.get('output_throughput', 0):,.0f} tok/s, TTFT "
                                   f"{j.get('median_ttft_ms', 0):,.1f} ms, TPOT "
-                                  f"{j.get('median_tpot_ms', 0):,.2f} ms")
+                                  f"{j.get('median_tpot_ms', 0):,.2f} ms"
+                                  + (f" (`{flags.read_text().strip()}`)" if flags.exists() else ""))
         row(f"serve_c{c}_{key}", f"serving, 8B, 1024/1024, concurrency {c}", val, unit, target,
             None if val is None else ok(val), extra)
     # 5. start-up.

@@ -6,10 +6,11 @@
 #           ATOM_ENABLE_ALLREDUCE_RMSNORM_FUSION=1 and =0
 #   tp70    the same at -tp 4 on a Llama-3.1-70B shape (4 GPUs)
 #   serve   serving throughput, random 1024/1024, concurrency 64, 256 prompts, for each -tp
-#   dp      serving at concurrency 256 (1024 prompts, 1024/1024): -dp 1 against -dp 2, each
-#           replica on its own GPU (the target is >= 1.9x)
+#   serve70 the same at -tp 4 on the Llama-3.1-70B shape (4 GPUs)
+#   dp      serving at concurrency 256 and 512 (ATOM_BENCH_DP_CONCURRENCY; 1024/1024, at least
+#           1024 prompts): -dp 1 against -dp 2, each replica on its own GPU (target >= 1.9x)
 # Results go to $ATOM_BUILD_DIR/bench-multi/ (one JSON or log per run); a table at the end.
-#   scripts/gpu-bench-multi.sh [tp] [tp70] [serve] [dp]
+#   scripts/gpu-bench-multi.sh [tp] [tp70] [serve] [serve70] [dp]
 # ATOM_BENCH_DRY=1 runs the dp step on the CPU with a tiny model and tiny lengths (it checks the
 # script, not the speed); tp needs CUDA and is skipped there.
 set -uo pipefail
@@ -18,9 +19,8 @@ build=${ATOM_BUILD_DIR:-build-gpu}
 atom="$build/atom"
 out="$build/bench-multi"
 mkdir -p "$out"
-if [ -d .deps/usr ]; then
-  export LD_LIBRARY_PATH="$PWD/.deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
-fi
+# shellcheck source=scripts/gpu-deps-env.sh
+. scripts/gpu-deps-env.sh
 export NCCL_NVLS_ENABLE=0  # never NVLink multicast (see ../shared/GPU.md)
 [ -x "$atom" ] || { echo "gpu-bench-multi: $atom not built" >&2; exit 1; }
 dry=${ATOM_BENCH_DRY:-0}
@@ -74,12 +74,13 @@ step() {  # NAME COMMAND...: runs it with its log in $out/NAME.log
   fi
 }
 
-# serve_bench NAME CONCURRENCY PROMPTS SERVER_FLAGS...: atom serve, atom bench serve against it.
+# serve_bench NAME MODEL CONCURRENCY PROMPTS SERVER_FLAGS...: atom serve, atom bench serve
+# against it.
 serve_bench() {
-  local name=$1 c=$2 n=$3
-  shift 3
+  local name=$1 model=$2 c=$3 n=$4
+  shift 4
   local port=$((20000 + RANDOM % 20000))
-  "$atom" serve --model "$m8" --load-format dummy "${device[@]}" --host 127.0.0.1 \
+  "$atom" serve --model "$model" --load-format dummy "${device[@]}" --host 127.0.0.1 \
     --server-port "$port" --max-model-len 4096 --max-num-batched-tokens 2048 "$@" \
     >"$out/$name-server.log" 2>&1 &
   local server=$!
@@ -94,8 +95,8 @@ serve_bench() {
     tail -n 5 "$out/$name-server.log" >&2
     rc=1
   else
-    step "$name" "$atom" bench serve --backend vllm --port "$port" --model "$m8" \
-      --tokenizer "$m8" --dataset-name random --random-input-len "$(len 1024)" \
+    step "$name" "$atom" bench serve --backend vllm --port "$port" --model "$model" \
+      --tokenizer "$model" --dataset-name random --random-input-len "$(len 1024)" \
       --random-output-len "$(len 1024)" --random-range-ratio 1.0 --ignore-eos \
       --max-concurrency "$c" --num-prompts "$n" --save-result --result-dir "$out" \
       --result-filename "$name.json" || true
@@ -130,12 +131,22 @@ if want tp70 && [ "$dry" != 1 ]; then
   fi
 fi
 if want serve && [ "$dry" != 1 ]; then
-  for t in "${tps[@]}"; do serve_bench "serve-tp$t-c64" 64 256 -tp "$t"; done
+  for t in "${tps[@]}"; do serve_bench "serve-tp$t-c64" "$m8" 64 256 -tp "$t"; done
+fi
+if want serve70 && [ "$dry" != 1 ]; then
+  if [ "$gpus" -ge 4 ]; then
+    serve_bench serve70-tp4-c64 "$m70" 64 256 -tp 4
+  else
+    echo "   serve70: needs 4 GPUs, $gpus here" >&2
+  fi
 fi
 if want dp; then
   if [ "$dry" = 1 ] || [ "$gpus" -ge 2 ]; then
-    serve_bench serve-dp1-c256 256 "$([ "$dry" = 1 ] && echo 64 || echo 1024)"
-    serve_bench serve-dp2-c256 256 "$([ "$dry" = 1 ] && echo 64 || echo 1024)" -dp 2
+    for c in ${ATOM_BENCH_DP_CONCURRENCY:-256 512}; do
+      n=$([ "$dry" = 1 ] && echo 64 || echo $(( 2 * c > 1024 ? 2 * c : 1024 )))
+      serve_bench "serve-dp1-c$c" "$m8" "$c" "$n"
+      serve_bench "serve-dp2-c$c" "$m8" "$c" "$n" -dp 2
+    done
   else
     echo "   dp: needs 2 GPUs, $gpus here" >&2
   fi
@@ -158,9 +169,11 @@ for p in sorted(out.glob("serve-*.json")):
     j = json.loads(p.read_text())
     print(f"| {p.stem} | {j['output_throughput']:,.0f} out tok/s, median TTFT "
           f"{j['median_ttft_ms']:,.0f} ms, TPOT {j['median_tpot_ms']:.2f} ms |")
-one, two = load("serve-dp1-c256.json"), load("serve-dp2-c256.json")
-if one and two:
-    r = two["output_throughput"] / one["output_throughput"]
-    print(f"| -dp 2 / -dp 1 at concurrency 256 | {r:.2f}x (target >= 1.9x) |")
+for p in sorted(out.glob("serve-dp1-c*.json")):
+    c = p.stem.split("-c")[-1]
+    one, two = load(p.name), load(f"serve-dp2-c{c}.json")
+    if one and two:
+        r = two["output_throughput"] / one["output_throughput"]
+        print(f"| -dp 2 / -dp 1 at concurrency {c} | {r:.2f}x (target >= 1.9x) |")
 EOF
 exit $rc

@@ -17,8 +17,7 @@
 # bench-results/summary.json (copy it over docs/bench-results.json when recording a run).
 #   scripts/gpu-bench.sh [only...]    e.g. scripts/gpu-bench.sh decode prefill
 # ATOM_BENCH_CONCURRENCY="64 256" serves only these concurrencies (default: 1 16 64 256);
-# ATOM_BENCH_SERVE_BATCHED_TOKENS (default 4096) is the server's --max-num-batched-tokens and
-# ATOM_BENCH_SERVE_ARGS adds flags to it.
+# ATOM_BENCH_SERVE_C<c>="flags" replaces the server flags of concurrency c (see serve_flags).
 # ATOM_BENCH_DRY=1 runs every step on the CPU with a tiny model and tiny lengths: it checks this
 # script and the table, not the engine's speed (no ceilings, no transformers baseline).
 set -uo pipefail
@@ -27,9 +26,8 @@ build=${ATOM_BUILD_DIR:-build-gpu}
 atom="$build/atom"
 out="$build/bench-results"
 mkdir -p "$out"
-if [ -d .deps/usr ]; then
-  export LD_LIBRARY_PATH="$PWD/.deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
-fi
+# shellcheck source=scripts/gpu-deps-env.sh
+. scripts/gpu-deps-env.sh
 [ -x "$atom" ] || { echo "gpu-bench: $atom not built (scripts/gpu-check.sh builds it)" >&2; exit 1; }
 dry=${ATOM_BENCH_DRY:-0}
 only=" $* "
@@ -159,29 +157,40 @@ stop_server() {
   wait "$server" 2>/dev/null
 }
 
+# serve_flags CONCURRENCY: the server flags that concurrency is measured with (ATOM_BENCH_SERVE_C<c>
+# overrides them). Throughput (c = 1, 64, 256): steps of up to 16384 tokens and an fp8 e4m3 KV
+# cache, which halves the KV bytes every decode step reads (at c=256 they are most of the step).
+# c=16's TTFT: steps of up to 4096 tokens, so requests that arrive together get their first
+# tokens a few at a time instead of all after one long step (with a single 16384-token step the
+# first wave's 16 prompts all wait for the whole wave).
+serve_flags() {
+  local var="ATOM_BENCH_SERVE_C$1"
+  if [ -n "${!var:-}" ]; then echo "${!var}"; return; fi
+  if [ "$1" = 16 ]; then echo "--max-num-batched-tokens 4096"; return; fi
+  # The CPU has no fp8 KV cache.
+  echo "--max-num-batched-tokens 16384$([ "$dry" = 1 ] || echo " --kv_cache_dtype fp8")"
+}
 if want serve; then
-  echo "== serve: atom serve --model $llama8b --load-format dummy, then atom bench serve" >&2
-  # Steps of at most 4096 tokens (chunked prefill is on): requests that arrive together get
-  # their first tokens a few at a time instead of all after one long step, which spreads the
-  # later arrivals out, and two 1024-token prompts that arrive together still share one step
-  # with the decodes (2048 split them: c=16's median TTFT was 165 ms). ATOM_BENCH_SERVE_ARGS
-  # adds server flags (e.g. --kv_cache_dtype fp8).
-  # shellcheck disable=SC2086
-  if start_server "$llama8b" "$out/serve-server.log" --load-format dummy --max-model-len 4096 \
-      --max-num-batched-tokens "${ATOM_BENCH_SERVE_BATCHED_TOKENS:-4096}" \
-      ${ATOM_BENCH_SERVE_ARGS:-}; then
-    printf '{"startup_seconds": %s}\n' "$ready" >"$out/startup.json"
-    for c in ${ATOM_BENCH_CONCURRENCY:-1 16 64 256}; do
-      prompts=$(( 4 * c < 32 ? 32 : 4 * c ))
-      [ "$dry" = 1 ] && prompts=$(( c < 8 ? 8 : c ))
-      step "serve-c$c" "$atom" bench serve --backend vllm --port "$port" \
-        --model "$llama8b" --tokenizer "$llama8b" --dataset-name random \
-        --random-input-len "$(len 1024)" --random-output-len "$(len 1024)" \
-        --random-range-ratio 1.0 --ignore-eos --max-concurrency "$c" --num-prompts "$prompts" \
-        --save-result --result-dir "$out" --result-filename "serve-c$c.json" || true
-    done
-  fi
-  stop_server
+  # One server per concurrency (start-up is seconds), each with its own flags, the first one's
+  # start-up to ready timed.
+  timed=""
+  for c in ${ATOM_BENCH_CONCURRENCY:-1 16 64 256}; do
+    read -r -a flags <<<"$(serve_flags "$c")"
+    echo "== serve c=$c: atom serve --model $llama8b --load-format dummy ${flags[*]}" >&2
+    start_server "$llama8b" "$out/serve-c$c-server.log" --load-format dummy \
+      --max-model-len 4096 "${flags[@]}" || continue
+    [ -n "$timed" ] || printf '{"startup_seconds": %s}\n' "$ready" >"$out/startup.json"
+    timed=1
+    printf '%s\n' "${flags[*]}" >"$out/serve-c$c.flags"
+    prompts=$(( 4 * c < 32 ? 32 : 4 * c ))
+    [ "$dry" = 1 ] && prompts=$(( c < 8 ? 8 : c ))
+    step "serve-c$c" "$atom" bench serve --backend vllm --port "$port" \
+      --model "$llama8b" --tokenizer "$llama8b" --dataset-name random \
+      --random-input-len "$(len 1024)" --random-output-len "$(len 1024)" \
+      --random-range-ratio 1.0 --ignore-eos --max-concurrency "$c" --num-prompts "$prompts" \
+      --save-result --result-dir "$out" --result-filename "serve-c$c.json" || true
+    stop_server
+  done
 fi
 if want hf && [ "$dry" = 1 ]; then
   # No transformers here: time the start-up from the test's tiny safetensors checkpoint.

@@ -14,7 +14,8 @@ build=${ATOM_BUILD_DIR:-build-gpu}
 export NCCL_NVLS_ENABLE=0  # never NVLink multicast (../shared/GPU.md)
 ATOM_BUILD_DIR="$build" ATOM_CHECK_TARGETS="atom test_cuda test_hf_parity" scripts/gpu-check.sh ||
   { echo "| build | FAILED |"; exit 1; }
-[ -d .deps/usr ] && export LD_LIBRARY_PATH="$PWD/.deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+# shellcheck source=scripts/gpu-deps-env.sh
+. scripts/gpu-deps-env.sh
 gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader | sort | uniq -c | sed 's/^ *//')
 rc=0
 

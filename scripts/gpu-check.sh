@@ -15,21 +15,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${ATOM_BUILD_DIR:-build-gpu}
 prefix=()
-if [ -d .deps/usr ]; then
-  prefix=(-DCMAKE_PREFIX_PATH="$PWD/.deps/usr")
-  export LD_LIBRARY_PATH="$PWD/.deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
-  export PKG_CONFIG_PATH="$PWD/.deps/usr/lib/x86_64-linux-gnu/pkgconfig:$PWD/.deps/usr/share/pkgconfig:${PKG_CONFIG_PATH:-}"
-fi
-# The packed libcurl needs libssh2 and OpenLDAP, which a bare GPU host lacks, so nothing that
-# links it (the atom binary, every suite over the engine) would link or load. Where it cannot load
-# and the host has a libcurl of its own, use the host's: the packed headers declare the same ABI.
-deps_lib=.deps/usr/lib/x86_64-linux-gnu
-if [ -e "$deps_lib/libcurl.so.4" ] && ldd "$deps_lib/libcurl.so.4" | grep -q "not found" &&
-   [ -e /usr/lib/x86_64-linux-gnu/libcurl.so.4 ]; then
-  echo "packed libcurl cannot load here: using the host's /usr/lib/x86_64-linux-gnu/libcurl.so.4"
-  rm -f "$deps_lib"/libcurl.so*
-  ln -s /usr/lib/x86_64-linux-gnu/libcurl.so.4 "$deps_lib/libcurl.so"
-fi
+[ -d .deps/usr ] && prefix=(-DCMAKE_PREFIX_PATH="$PWD/.deps/usr")
+# shellcheck source=scripts/gpu-deps-env.sh
+. scripts/gpu-deps-env.sh
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 echo "GPU: ${gpu:-none found}"
 
