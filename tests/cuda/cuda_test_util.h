@@ -83,6 +83,14 @@ inline std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
   return b;
 }
 
+// n uniform values in [lo, hi), rounded to bf16 (their bits).
+inline std::vector<uint16_t> random_bf16(size_t n, uint32_t seed, float lo, float hi) {
+  return to_bf16(random_floats(n, seed, lo, hi));
+}
+
+// Waits for the device; a kernel's asynchronous error surfaces here as an atom::Error.
+inline void sync() { ATOM_CUDA_CHECK(cudaDeviceSynchronize()); }
+
 inline std::vector<float> from_bf16(const std::vector<uint16_t>& b) {
   std::vector<float> v(b.size());
   for (size_t i = 0; i < b.size(); ++i) v[i] = bf16_to_f32(b[i]);

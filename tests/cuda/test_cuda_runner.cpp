@@ -32,7 +32,10 @@ namespace atom {
 namespace {
 
 using cuda::test::gpu_visible;
+using cuda::test::cpu_last_logits;
 using cuda::test::make_tiny;
+using cuda::test::row_rms;
+using cuda::test::top2_gap;
 
 std::vector<int32_t> random_tokens(size_t n, int64_t vocab, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -49,40 +52,6 @@ std::vector<int32_t> random_tokens(size_t n, int64_t vocab, uint64_t seed) {
 // room for the worst of thousands of logits while a wrong mask, position or head would be off
 // by the size of the logits themselves.
 constexpr double kRelTol = 0.06;
-
-double row_rms(const float* row, int64_t n) {
-  double s = 0;
-  for (int64_t i = 0; i < n; ++i) s += double(row[i]) * row[i];
-  return std::sqrt(s / double(n));
-}
-
-// The gap between the two largest logits of a row.
-double top2_gap(const float* row, int64_t n) {
-  float a = -INFINITY, b = -INFINITY;
-  for (int64_t i = 0; i < n; ++i) {
-    if (row[i] > a) {
-      b = a;
-      a = row[i];
-    } else if (row[i] > b) {
-      b = row[i];
-    }
-  }
-  return double(a) - double(b);
-}
-
-// Logits of the last position of `tokens` on the CPU model (a fresh cache, one prefill).
-std::vector<float> cpu_last_logits(Model& model, const std::vector<int32_t>& tokens) {
-  const int64_t bs = 16, blocks = int64_t(tokens.size() + bs - 1) / bs;
-  ModelRunner runner(model, blocks, bs);
-  std::vector<int32_t> table(static_cast<size_t>(blocks));
-  std::iota(table.begin(), table.end(), 0);
-  KvCache kv(model.config().num_hidden_layers, blocks, bs, model.config().num_key_value_heads,
-             model.config().head_dim);
-  StepSeq s{1, tokens, int64_t(tokens.size()), 0, int64_t(tokens.size()), table, true};
-  std::vector<float> logits;
-  model.forward(runner.plan(std::span<const StepSeq>(&s, 1)), kv, logits);
-  return logits;
-}
 
 class CudaRunner : public ::testing::TestWithParam<bool> {
  protected:

@@ -33,14 +33,7 @@ using test::as_bf16;
 using test::DeviceBuffer;
 using test::from_bf16;
 using test::gpu_visible;
-
-std::vector<uint16_t> random_bf16(size_t n, uint32_t seed, float lo, float hi) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<uint16_t> v(n);
-  for (uint16_t& x : v) x = f32_to_bf16(dist(rng));
-  return v;
-}
+using test::random_bf16;
 
 struct GemmCase {
   int64_t m, n, k;

@@ -38,6 +38,8 @@ using test::to_bf16;
 using test::from_bf16;
 using test::round_bf16;
 using test::gpu_visible;
+using test::random_bf16;
+using test::sync;
 
 // --- helpers ---
 
@@ -55,12 +57,6 @@ class CudaOpsParamTest : public ::testing::TestWithParam<P> {
     if (!gpu_visible()) GTEST_SKIP() << "no CUDA device visible";
   }
 };
-
-void sync() { ATOM_CUDA_CHECK(cudaDeviceSynchronize()); }
-
-std::vector<uint16_t> random_bf16(size_t n, uint32_t seed, float lo, float hi) {
-  return to_bf16(random_floats(n, seed, lo, hi));
-}
 
 // Distance in bf16 ulps between two finite bf16 values (through zero across signs).
 int bf16_ulps(uint16_t a, uint16_t b) {

@@ -40,12 +40,8 @@ using test::from_bf16;
 using test::gpu_visible;
 using test::random_floats;
 using test::to_bf16;
-
-void sync() { ATOM_CUDA_CHECK(cudaDeviceSynchronize()); }
-
-std::vector<uint16_t> random_bf16(size_t n, uint32_t seed, float lo, float hi) {
-  return to_bf16(random_floats(n, seed, lo, hi));
-}
+using test::random_bf16;
+using test::sync;
 
 // Same bits everywhere; on failure, how many differ and the first one.
 void expect_same_bits(const std::vector<uint16_t>& got, const std::vector<uint16_t>& want,

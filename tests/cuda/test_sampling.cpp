@@ -26,6 +26,7 @@ namespace {
 
 using test::DeviceBuffer;
 using test::gpu_visible;
+using test::sync;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
@@ -35,8 +36,6 @@ class CudaSamplingTest : public ::testing::Test {
     if (!gpu_visible()) GTEST_SKIP() << "no CUDA device visible";
   }
 };
-
-void sync() { ATOM_CUDA_CHECK(cudaDeviceSynchronize()); }
 
 SampleRowParams row_params(float temperature, int32_t top_k, float top_p, float min_p,
                            uint64_t seed, uint64_t counter) {

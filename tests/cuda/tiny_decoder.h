@@ -5,12 +5,15 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <numeric>
+#include <span>
 #include <random>
 #include <vector>
 
 #include "atom/backends/cpu/ops.h"
 #include "atom/core/dtype.h"
 #include "atom/models/decoder.h"
+#include "atom/runner/model_runner.h"
 
 namespace atom::cuda::test {
 
@@ -93,6 +96,42 @@ inline std::unique_ptr<Model> make_tiny(bool qwen3, const TinyShape& shape = {})
   cpu::RopeTable rope =
       cpu::make_rope_inv_freq(c.rotary_dim, c.rope_theta, cpu::RopeScaling{}, 1024);
   return make_decoder_model(c, variant, std::move(w), std::move(rope));
+}
+
+// RMS of a logits row of n values.
+inline double row_rms(const float* row, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += double(row[i]) * row[i];
+  return std::sqrt(s / double(n));
+}
+
+// The gap between the two largest logits of a row.
+inline double top2_gap(const float* row, int64_t n) {
+  float a = -INFINITY, b = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) {
+    if (row[i] > a) {
+      b = a;
+      a = row[i];
+    } else if (row[i] > b) {
+      b = row[i];
+    }
+  }
+  return double(a) - double(b);
+}
+
+// Logits of the last position of `tokens` on the CPU model (a fresh cache, one prefill): the
+// oracle the CUDA runner's logits and a near-tie are judged on.
+inline std::vector<float> cpu_last_logits(Model& model, const std::vector<int32_t>& tokens) {
+  const int64_t bs = 16, blocks = int64_t(tokens.size() + bs - 1) / bs;
+  ModelRunner runner(model, blocks, bs);
+  std::vector<int32_t> table(static_cast<size_t>(blocks));
+  std::iota(table.begin(), table.end(), 0);
+  KvCache kv(model.config().num_hidden_layers, blocks, bs, model.config().num_key_value_heads,
+             model.config().head_dim);
+  StepSeq s{1, tokens, int64_t(tokens.size()), 0, int64_t(tokens.size()), table, true};
+  std::vector<float> logits;
+  model.forward(runner.plan(std::span<const StepSeq>(&s, 1)), kv, logits);
+  return logits;
 }
 
 }  // namespace atom::cuda::test

@@ -41,11 +41,13 @@
 #include "atom/runner/model_runner.h"
 #include "atom/runner/sampler.h"
 #include "cuda/cuda_test_util.h"
+#include "cuda/tiny_decoder.h"
 
 namespace atom {
 namespace {
 
 namespace fs = std::filesystem;
+using cuda::test::cpu_last_logits;
 using nlohmann::json;
 
 // What the reference holds for one greedy step (hf_reference.py writes it).
@@ -191,9 +193,7 @@ std::vector<int32_t> block_table(Role role) {
 }
 
 double row_rms(const std::vector<float>& row) {
-  double s = 0;
-  for (float x : row) s += double(x) * x;
-  return std::sqrt(s / double(row.size()));
+  return cuda::test::row_rms(row.data(), int64_t(row.size()));
 }
 
 // max |got - want| over the row, in units of want's RMS; `where` gets its index.
@@ -305,20 +305,6 @@ void compare_tokens(const std::string& label, size_t prompt_index,
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-// The CPU model's logits of the last position of `tokens` (a fresh cache, one prefill).
-std::vector<float> cpu_last_logits(Model& model, const std::vector<int32_t>& tokens) {
-  const int64_t blocks = (int64_t(tokens.size()) + kBlockSize - 1) / kBlockSize;
-  ModelRunner planner(model, blocks, kBlockSize);
-  std::vector<int32_t> table(static_cast<size_t>(blocks));
-  for (int64_t i = 0; i < blocks; ++i) table[size_t(i)] = int32_t(i);
-  KvCache kv(model.config().num_hidden_layers, blocks, kBlockSize,
-             model.config().num_key_value_heads, model.config().head_dim);
-  const StepSeq s{1, tokens, int64_t(tokens.size()), 0, int64_t(tokens.size()), table, true};
-  std::vector<float> logits;
-  model.forward(planner.plan(std::span<const StepSeq>(&s, 1)), kv, logits);
-  return logits;
 }
 
 // One sequence through `runner`: the prompt's prefill, then decode steps whose inputs are the
