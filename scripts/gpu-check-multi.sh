@@ -4,8 +4,8 @@
 # all-reduce against NCCL, the TP runner against one GPU on tiny models with awkward shapes),
 # make the HF parity checkpoints (scripts/hf_reference.py: tiny Llama, tiny Qwen3, the
 # Llama-3.1-8B shape) and run test_hf_parity (one GPU against transformers, and -tp 2 / -tp 4,
-# fused all-reduce or not, eager or graphs, against one GPU), then scripts/gpu-bench-multi.sh
-# with the given steps. A table last.
+# fused all-reduce or not, eager or graphs, against one GPU), the data-parallel end-to-end tests
+# with a rank per GPU, then scripts/gpu-bench-multi.sh with the given steps. A table last.
 #   scripts/gpu-check-multi.sh [tp] [tp70] [serve] [dp]    (no step: no benchmarks)
 # ATOM_CHECK_HF_MODELS="llama-tiny qwen3-tiny" limits the parity checkpoints (default: all three).
 set -uo pipefail
@@ -52,6 +52,16 @@ else
 fi
 python3 scripts/hf_reference.py --remove-weights "$hf_dir" >/dev/null 2>&1
 
+# The data-parallel end-to-end tests (tests/e2e/test_dp.py: ranks as separate processes with
+# ATOM_DP_* set, or one `atom serve -dp 2`, behind rank 0's front end; a rank killed mid-run)
+# with every rank on its own GPU (atom's default device here is cuda, rank r on GPU r).
+echo "== e2e: tests/e2e/test_dp.py on the GPUs" >&2
+ATOM_WHEELHOUSE=${ATOM_WHEELHOUSE:-$PWD/.deps/wheels} ATOM_BUILD_DIR="$build" ATOM_E2E_DEVICE=cuda \
+  timeout 600 scripts/e2e.sh tests/e2e/test_dp.py -q -p no:cacheprovider \
+  >"$build.multi-dp-e2e.log" 2>&1 || rc=1
+dp_line=$(grep -E "[0-9]+ (passed|failed)" "$build.multi-dp-e2e.log" | tail -1)
+grep -E "^FAILED|^ERROR" "$build.multi-dp-e2e.log" | head -10
+
 bench_line="not asked"
 if [ $# -gt 0 ]; then
   if ATOM_BUILD_DIR="$build" scripts/gpu-bench-multi.sh "$@"; then bench_line="ok"; else
@@ -63,5 +73,6 @@ echo "|---|---|"
 echo "| GPUs | ${gpus//$'\n'/; } |"
 echo "| test_cuda (multi-GPU suites included) | $cuda_line |"
 echo "| hf parity, one GPU and -tp 2/4 ($models) | $parity_line |"
+echo "| e2e tests/e2e/test_dp.py (ranks on GPUs 0 and 1) | ${dp_line:-FAILED} |"
 echo "| benchmarks ($*) | $bench_line |"
 exit $rc

@@ -9,9 +9,8 @@
 #   scripts/gpu-e2e.sh [pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -d .deps/usr ]; then
-  export LD_LIBRARY_PATH="$PWD/.deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
-fi
+# shellcheck source=scripts/gpu-deps-env.sh
+. scripts/gpu-deps-env.sh
 if [ -n "${ATOM_MODEL_PARTS:-}" ]; then
   name=$(sed -n 's/^GGUF_NAME=//p' scripts/fetch-model.sh)
   dest="${ATOM_CACHE_DIR:-$HOME/.cache/atom}/models"
