@@ -443,6 +443,31 @@ std::vector<uint16_t> run_path(const Problem& pb, DeviceProblem& dp, Path path) 
   return dp.out.download();
 }
 
+// paged_attention captured into a CUDA graph on its own stream and replayed once (NaN-filled
+// output first); the output bits.
+std::vector<uint16_t> run_in_graph(const Problem& pb, DeviceProblem& dp) {
+  const size_t bytes = paged_attention_workspace_bytes(
+      pb.num_seqs(), pb.num_heads, pb.num_kv_heads, pb.head_dim, pb.max_q_len, pb.max_seq_len);
+  DeviceBuffer<uint8_t> workspace(bytes);
+  dp.out.fill_bytes(0xff);
+  cudaStream_t stream = nullptr;
+  ATOM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  ATOM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  paged_attention(as_bf16(dp.q), pb.num_heads, dp.cache, dp.batch, pb.scale, as_bf16(dp.out),
+                  bytes ? workspace.get() : nullptr, bytes, stream);
+  ATOM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  ATOM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  ATOM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+  ATOM_CUDA_CHECK(cudaStreamSynchronize(stream));
+  std::vector<uint16_t> out = dp.out.download();
+  ATOM_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  ATOM_CUDA_CHECK(cudaGraphDestroy(graph));
+  ATOM_CUDA_CHECK(cudaStreamDestroy(stream));
+  return out;
+}
+
 class CudaPagedAttentionTest : public ::testing::TestWithParam<AttnCase> {
  protected:
   void SetUp() override {
@@ -733,26 +758,7 @@ TEST_F(CudaPagedAttention, DecodeAndPrefillCaptureInCudaGraph) {
     const Problem pb = make_problem(c);
     DeviceProblem dp(pb);
     const std::vector<uint16_t> eager = run_path(pb, dp, Path::kDispatch);
-    const size_t bytes = paged_attention_workspace_bytes(
-        pb.num_seqs(), pb.num_heads, pb.num_kv_heads, pb.head_dim, pb.max_q_len, pb.max_seq_len);
-    DeviceBuffer<uint8_t> workspace(bytes);
-    dp.out.fill_bytes(0xff);
-
-    cudaStream_t stream = nullptr;
-    ATOM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    cudaGraph_t graph = nullptr;
-    cudaGraphExec_t exec = nullptr;
-    ATOM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-    paged_attention(as_bf16(dp.q), pb.num_heads, dp.cache, dp.batch, pb.scale, as_bf16(dp.out),
-                    bytes ? workspace.get() : nullptr, bytes, stream);
-    ATOM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-    ATOM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    ATOM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-    ATOM_CUDA_CHECK(cudaStreamSynchronize(stream));
-    EXPECT_EQ(dp.out.download(), eager) << c.name;
-    ATOM_CUDA_CHECK(cudaGraphExecDestroy(exec));
-    ATOM_CUDA_CHECK(cudaGraphDestroy(graph));
-    ATOM_CUDA_CHECK(cudaStreamDestroy(stream));
+    EXPECT_EQ(run_in_graph(pb, dp), eager) << c.name;
   }
 }
 
@@ -1022,26 +1028,7 @@ TEST_F(CudaPagedAttention, Fp8CaptureInCudaGraph) {
     DeviceProblem dp(pb);
     const std::vector<uint16_t> eager = run_path(pb, dp, Path::kDispatch);
     expect_close(eager, cpu_reference(pb), pb, c.name + " eager");
-    const size_t bytes = paged_attention_workspace_bytes(
-        pb.num_seqs(), pb.num_heads, pb.num_kv_heads, pb.head_dim, pb.max_q_len, pb.max_seq_len);
-    DeviceBuffer<uint8_t> workspace(bytes);
-    dp.out.fill_bytes(0xff);
-
-    cudaStream_t stream = nullptr;
-    ATOM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    cudaGraph_t graph = nullptr;
-    cudaGraphExec_t exec = nullptr;
-    ATOM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-    paged_attention(as_bf16(dp.q), pb.num_heads, dp.cache, dp.batch, pb.scale, as_bf16(dp.out),
-                    bytes ? workspace.get() : nullptr, bytes, stream);
-    ATOM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-    ATOM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    ATOM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-    ATOM_CUDA_CHECK(cudaStreamSynchronize(stream));
-    EXPECT_EQ(dp.out.download(), eager) << c.name;
-    ATOM_CUDA_CHECK(cudaGraphExecDestroy(exec));
-    ATOM_CUDA_CHECK(cudaGraphDestroy(graph));
-    ATOM_CUDA_CHECK(cudaStreamDestroy(stream));
+    EXPECT_EQ(run_in_graph(pb, dp), eager) << c.name;
   }
 }
 
