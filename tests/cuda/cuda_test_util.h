@@ -3,11 +3,14 @@
 
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "atom/backends/cuda/check.h"
@@ -99,5 +102,24 @@ inline std::vector<float> from_bf16(const std::vector<uint16_t>& b) {
 
 // What a bf16 tensor op hands to the next op: v rounded to bf16, as f32.
 inline float round_bf16(float v) { return bf16_to_f32(f32_to_bf16(v)); }
+
+// |got - want| <= tol[i] for every element; prints the worst offender relative to its tolerance.
+inline void expect_within(const std::vector<float>& got, const std::vector<float>& want,
+                          const std::vector<float>& tol, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  ASSERT_EQ(got.size(), tol.size()) << what;
+  size_t bad = 0, worst_i = 0;
+  double worst = 0.0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::fabs(double(got[i]) - double(want[i]));
+    const double ratio = err / std::max(double(tol[i]), 1e-300);
+    if (!(err <= tol[i])) ++bad;
+    if (!(ratio <= worst)) worst = ratio, worst_i = i;  // NaN counts as worst
+  }
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << got.size()
+                     << " elements out of tolerance; worst [" << worst_i << "]: got "
+                     << got[worst_i] << " want " << want[worst_i] << " tol " << tol[worst_i]
+                     << " (error / tolerance " << worst << ")";
+}
 
 }  // namespace atom::cuda::test

@@ -19,6 +19,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -443,6 +444,32 @@ std::vector<uint16_t> run_path(const Problem& pb, DeviceProblem& dp, Path path) 
   return dp.out.download();
 }
 
+// The decode kernel with one split matches the CPU op, and with each of `splits` matches both
+// the CPU op and the one-split result, deterministically (NaN-filled output before every run).
+void expect_split_counts_agree(const Problem& pb, const std::string& name,
+                               std::initializer_list<int> splits) {
+  const std::vector<float> want = cpu_reference(pb);
+  DeviceProblem dp(pb);
+  dp.out.fill_bytes(0xff);
+  run_decode(pb, dp, 1);
+  const std::vector<uint16_t> one = dp.out.download();
+  expect_close(one, want, pb, name + " 1 split vs CPU op");
+  std::vector<float> one_f(one.size());
+  for (size_t i = 0; i < one.size(); ++i) one_f[i] = bf16_to_f32(one[i]);
+  for (const int n : splits) {
+    dp.out.fill_bytes(0xff);
+    run_decode(pb, dp, n);
+    const std::vector<uint16_t> got = dp.out.download();
+    const std::string what = name + " " + std::to_string(n) + " splits";
+    expect_close(got, want, pb, what + " vs CPU op");
+    expect_close(got, one_f, pb, what + " vs 1 split");
+    // Deterministic: the same launch again gives the same bits.
+    dp.out.fill_bytes(0xff);
+    run_decode(pb, dp, n);
+    EXPECT_EQ(dp.out.download(), got) << what << " is not deterministic";
+  }
+}
+
 // paged_attention captured into a CUDA graph on its own stream and replayed once (NaN-filled
 // output first); the output bits.
 std::vector<uint16_t> run_in_graph(const Problem& pb, DeviceProblem& dp) {
@@ -798,23 +825,7 @@ TEST_F(CudaPagedAttention, DecodeSplitCountsAgree) {
                uint32_t(40 + group)};
     c.max_seq_len = 32768;
     const Problem pb = make_problem(c);
-    const std::vector<float> want = cpu_reference(pb);
-    DeviceProblem dp(pb);
-    run_decode(pb, dp, 1);
-    const std::vector<uint16_t> one = dp.out.download();
-    expect_close(one, want, pb, c.name + " 1 split vs CPU op");
-    std::vector<float> one_f(one.size());
-    for (size_t i = 0; i < one.size(); ++i) one_f[i] = bf16_to_f32(one[i]);
-    for (const int splits : {2, 3, 7, 16, 33, 65, 66, 200, 600}) {
-      run_decode(pb, dp, splits);
-      const std::vector<uint16_t> got = dp.out.download();
-      const std::string what = c.name + " " + std::to_string(splits) + " splits";
-      expect_close(got, want, pb, what + " vs CPU op");
-      expect_close(got, one_f, pb, what + " vs 1 split");
-      // Deterministic: the same launch again gives the same bits.
-      run_decode(pb, dp, splits);
-      EXPECT_EQ(dp.out.download(), got) << what << " is not deterministic";
-    }
+    expect_split_counts_agree(pb, c.name, {2, 3, 7, 16, 33, 65, 66, 200, 600});
   }
 }
 
@@ -961,24 +972,7 @@ TEST_F(CudaPagedAttention, Fp8DecodeSplitCountsAgree) {
     c.k_scale = 0.5f;
     c.v_scale = 3.1f;
     const Problem pb = make_problem(c);
-    const std::vector<float> want = cpu_reference(pb);
-    DeviceProblem dp(pb);
-    dp.out.fill_bytes(0xff);
-    run_decode(pb, dp, 1);
-    const std::vector<uint16_t> one = dp.out.download();
-    expect_close(one, want, pb, c.name + " 1 split vs CPU op");
-    std::vector<float> one_f(one.size());
-    for (size_t i = 0; i < one.size(); ++i) one_f[i] = bf16_to_f32(one[i]);
-    for (const int splits : {2, 3, 7, 16, 33, 65, 200}) {
-      dp.out.fill_bytes(0xff);
-      run_decode(pb, dp, splits);
-      const std::vector<uint16_t> got = dp.out.download();
-      const std::string what = c.name + " " + std::to_string(splits) + " splits";
-      expect_close(got, want, pb, what + " vs CPU op");
-      expect_close(got, one_f, pb, what + " vs 1 split");
-      run_decode(pb, dp, splits);
-      EXPECT_EQ(dp.out.download(), got) << what << " is not deterministic";
-    }
+    expect_split_counts_agree(pb, c.name, {2, 3, 7, 16, 33, 65, 200});
   }
 }
 

@@ -113,18 +113,7 @@ bool takes_gemv(const Gemm& gemm, int64_t m, int64_t k, size_t x_misalign) {
 }
 
 void expect_within(const std::vector<float>& got, const Reference& r, const std::string& what) {
-  ASSERT_EQ(got.size(), r.want.size());
-  size_t bad = 0, worst_i = 0;
-  double worst = 0.0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double err = std::fabs(double(got[i]) - double(r.want[i]));
-    if (!(err <= r.tol[i])) ++bad;
-    const double ratio = err / double(r.tol[i]);
-    if (!(ratio <= worst)) worst = ratio, worst_i = i;  // NaN counts as worst
-  }
-  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << got.size()
-                     << " outputs out of tolerance; worst [" << worst_i << "]: got " << got[worst_i]
-                     << " want " << r.want[worst_i] << " tol " << r.tol[worst_i];
+  test::expect_within(got, r.want, r.tol, what);
 }
 
 TEST_P(CudaGemmTest, MatchesCpuMatmul) {

@@ -40,6 +40,7 @@ using test::round_bf16;
 using test::gpu_visible;
 using test::random_bf16;
 using test::sync;
+using test::expect_within;
 
 // --- helpers ---
 
@@ -83,24 +84,6 @@ void expect_mostly_exact(const std::vector<uint16_t>& got, const std::vector<uin
       << what << ": " << got.size() - exact << " of " << got.size()
       << " differ from HF's rounding; worst " << worst << " ulp at [" << worst_i << "]: got "
       << bf16_to_f32(got[worst_i]) << " want " << bf16_to_f32(want[worst_i]);
-}
-
-// |got - want| <= tol[i] for every element; prints the worst offender relative to its tolerance.
-void expect_within(const std::vector<float>& got, const std::vector<float>& want,
-                   const std::vector<float>& tol, const std::string& what) {
-  ASSERT_EQ(got.size(), want.size());
-  ASSERT_EQ(got.size(), tol.size());
-  size_t bad = 0, worst_i = 0;
-  double worst = 0.0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double err = std::fabs(double(got[i]) - double(want[i]));
-    const double ratio = err / std::max(double(tol[i]), 1e-300);
-    if (!(err <= tol[i])) ++bad;
-    if (!(ratio <= worst)) worst = ratio, worst_i = i;  // NaN counts as worst
-  }
-  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << got.size()
-                     << " elements out of tolerance; worst [" << worst_i << "]: got "
-                     << got[worst_i] << " want " << want[worst_i] << " tol " << tol[worst_i];
 }
 
 // Token counts of the brief: decode, odd prefill chunks, a long prefill.

@@ -42,6 +42,7 @@ using test::random_floats;
 using test::to_bf16;
 using test::random_bf16;
 using test::sync;
+using test::expect_within;
 
 // Same bits everywhere; on failure, how many differ and the first one.
 void expect_same_bits(const std::vector<uint16_t>& got, const std::vector<uint16_t>& want,
@@ -54,25 +55,6 @@ void expect_same_bits(const std::vector<uint16_t>& got, const std::vector<uint16
   EXPECT_EQ(differ, 0u) << what << ": " << differ << " of " << got.size()
                         << " elements differ; first [" << first << "]: got "
                         << bf16_to_f32(got[first]) << " want " << bf16_to_f32(want[first]);
-}
-
-// |got - want| <= tol[i] for every element; prints the worst offender relative to its tolerance.
-void expect_within(const std::vector<float>& got, const std::vector<float>& want,
-                   const std::vector<float>& tol, const std::string& what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  ASSERT_EQ(got.size(), tol.size()) << what;
-  size_t bad = 0, worst_i = 0;
-  double worst = 0.0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double err = std::fabs(double(got[i]) - double(want[i]));
-    const double ratio = err / std::max(double(tol[i]), 1e-300);
-    if (!(err <= tol[i])) ++bad;
-    if (!(ratio <= worst)) worst = ratio, worst_i = i;  // NaN counts as worst
-  }
-  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << got.size()
-                     << " elements out of tolerance; worst [" << worst_i << "]: got "
-                     << got[worst_i] << " want " << want[worst_i] << " tol " << tol[worst_i]
-                     << " (error / tolerance " << worst << ")";
 }
 
 struct FusedCase {
