@@ -1694,8 +1694,8 @@ std::vector<int32_t> CudaModelRunner::collect() {
   // Launched on every rank: each rank's step is done once its own event is, and each must have
   // sampled the same ids (the same gathered logits, parameters and seeds).
   const int64_t slot = number % kRing;
-  tp_->last_ids.assign(size_t(tp_->tp), {});
-  tp_->last_ids[0] = ids;
+  tp_->last_ids.resize(size_t(tp_->tp));  // kept across steps: assign() reuses their capacity
+  tp_->last_ids[0].assign(ids.begin(), ids.end());
   for (int64_t r = 1; r < tp_->tp; ++r) {
     const Impl& k = *tp_->impls[size_t(r)];
     ATOM_CUDA_CHECK(cudaEventSynchronize(k.events[slot]));
