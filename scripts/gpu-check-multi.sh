@@ -7,7 +7,8 @@
 # fused all-reduce or not, eager or graphs, against one GPU), the data-parallel end-to-end tests
 # with a rank per GPU, then scripts/gpu-bench-multi.sh with the given steps. A table last.
 #   scripts/gpu-check-multi.sh [tp] [tp70] [serve] [dp]    (no step: no benchmarks)
-# ATOM_CHECK_HF_MODELS="llama-tiny qwen3-tiny" limits the parity checkpoints (default: all three);
+# ATOM_CHECK_HF_MODELS="llama-tiny qwen3-tiny" limits the parity checkpoints (default: all three;
+# empty: no parity run);
 # ATOM_CHECK_MULTI_TESTS=0 skips test_cuda and the parity tests (the e2e tests and benchmarks run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,13 +30,16 @@ gtest_line() {  # LOG: gtest's passed / failed / skipped counts
 }
 cuda_line="skipped (ATOM_CHECK_MULTI_TESTS=0)"
 parity_line=$cuda_line
-models=${ATOM_CHECK_HF_MODELS:-llama-tiny qwen3-tiny llama-8b}
+models=${ATOM_CHECK_HF_MODELS-llama-tiny qwen3-tiny llama-8b}
 if [ "${ATOM_CHECK_MULTI_TESTS:-1}" != 0 ]; then
   echo "== test_cuda" >&2
   timeout 900 "$build/tests/test_cuda" >"$build.multi-cuda.log" 2>&1 || rc=1
   cuda_line=$(gtest_line "$build.multi-cuda.log")
   grep -E "^\[  FAILED  \] [A-Za-z]|^\[  SKIPPED \] [A-Za-z]" "$build.multi-cuda.log" | sort -u | head -30
 
+  [ -n "$models" ] || parity_line="skipped (ATOM_CHECK_HF_MODELS empty)"
+fi
+if [ "${ATOM_CHECK_MULTI_TESTS:-1}" != 0 ] && [ -n "$models" ]; then
   hf_dir=$(sed -n 's/^ATOM_HF_PARITY_DIR:PATH=//p' "$build/CMakeCache.txt")
   only=()
   for m in $models; do only+=(--only "$m"); done
