@@ -6,4 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-python.sh
-exec "${ATOM_VENV:-.venv}/bin/python" -m pytest tests/e2e "$@"
+# All of tests/e2e unless the arguments name test files (scripts/e2e.sh tests/e2e/test_dp.py).
+paths=(tests/e2e)
+for a in "$@"; do case $a in tests/*) paths=() ;; esac; done
+exec "${ATOM_VENV:-.venv}/bin/python" -m pytest "${paths[@]}" "$@"

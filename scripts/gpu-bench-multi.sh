@@ -153,7 +153,7 @@ if want dp; then
 fi
 
 python3 - "$out" <<'EOF'
-import json, sys
+import json, re, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 def load(name):
@@ -165,10 +165,18 @@ for p in sorted(out.glob("tp*-fuse*.json")):
     j = json.loads(p.read_text())
     tps = j.get("median_decode_tokens_per_s") or 0
     print(f"| {p.stem}: batch-1 decode | {tps:,.1f} tok/s = {1000 / tps if tps else 0:.2f} ms TPOT |")
-for p in sorted(out.glob("serve-*.json")):
+def kv_tokens(stem):
+    """Tokens the KV cache holds, per rank, from the server's start-up lines."""
+    log = out / f"{stem}-server.log"
+    if not log.exists():
+        return "?"
+    found = re.findall(r"(\d+) KV blocks of (\d+) tokens", log.read_text(errors="replace"))
+    return " + ".join(f"{int(n) * int(b):,}" for n, b in found) or "?"
+for p in sorted(out.glob("serve*.json")):
     j = json.loads(p.read_text())
     print(f"| {p.stem} | {j['output_throughput']:,.0f} out tok/s, median TTFT "
-          f"{j['median_ttft_ms']:,.0f} ms, TPOT {j['median_tpot_ms']:.2f} ms |")
+          f"{j['median_ttft_ms']:,.0f} ms, TPOT {j['median_tpot_ms']:.2f} ms; KV holds "
+          f"{kv_tokens(p.stem)} tokens |")
 for p in sorted(out.glob("serve-dp1-c*.json")):
     c = p.stem.split("-c")[-1]
     one, two = load(p.name), load(f"serve-dp2-c{c}.json")

@@ -3,14 +3,20 @@
 Ranks are started either separately (ATOM_DP_* variables, as on several hosts) or by one
 `atom serve -dp 2`. They serve the tiny HF Llama in tests/data/hf_models/llama-tiny with one
 thread each. Every answer of the front end names the rank that served it (X-Atom-Dp-Rank).
+
+With ATOM_E2E_DEVICE=cuda (scripts/gpu-check-multi.sh, a GPU per rank) the ranks serve a tiny
+Llama shape with head_dim 64 (the CUDA attention kernels take 64 or 128; the HF checkpoint has
+16) and dummy weights, which are seeded, so every process holds the same ones.
 """
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,12 +27,42 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO_ROOT, Server, SseStream, atom_binary, free_port, parse_sse
+from helpers import DEVICE, REPO_ROOT, Server, SseStream, atom_binary, free_port, parse_sse
 
-MODEL = str(REPO_ROOT / "tests" / "data" / "hf_models" / "llama-tiny")
-OTHER_MODEL = str(REPO_ROOT / "tests" / "data" / "hf_models" / "qwen3-tiny")
+HF_MODELS = REPO_ROOT / "tests" / "data" / "hf_models"
+ON_GPU = DEVICE == "cuda"
+
+
+def gpu_model(name: str, layers: int) -> str:
+    """A folder with llama-tiny's tokenizer and a Llama config the CUDA kernels take."""
+    folder = Path(GPU_MODELS) / name
+    folder.mkdir()
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(HF_MODELS / "llama-tiny" / f, folder / f)
+    config = json.loads((HF_MODELS / "llama-tiny" / "config.json").read_text())
+    config.update(hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=64, num_hidden_layers=layers, dtype="bfloat16")
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+if ON_GPU:
+    GPU_MODELS = tempfile.mkdtemp(prefix="atom-dp-models-")
+    atexit.register(shutil.rmtree, GPU_MODELS, ignore_errors=True)
+    MODEL, OTHER_MODEL = gpu_model("llama-tiny-hd64", 2), gpu_model("llama-tiny-hd64-3l", 3)
+    # A tenth of each GPU: a test may run two processes on one GPU.
+    DEVICE_FLAGS = ["--device", DEVICE, "--load-format", "dummy",
+                    "--gpu-memory-utilization", "0.1"]
+    # On a GPU a row's logits depend on the batch it runs in (GEMM tiles chosen by batch size;
+    # test_concurrency.py says more), so where the ranks' text must equal one engine's, every
+    # request runs alone in its batch on both sides; the requests still queue on both ranks.
+    SAME_NUMERICS = ["--max-num-seqs", "1"]
+else:
+    MODEL, OTHER_MODEL = str(HF_MODELS / "llama-tiny"), str(HF_MODELS / "qwen3-tiny")
+    DEVICE_FLAGS = ["--device", DEVICE]
+    SAME_NUMERICS = []
 STARTUP_S = 30.0
-COMMON = ["--model", MODEL, "--threads", "1", "--host", "127.0.0.1"]
+COMMON = ["--model", MODEL, "--threads", "1", "--host", "127.0.0.1", *DEVICE_FLAGS]
 
 
 def launch(args: list[str], env_extra: dict[str, str], port: int = 0) -> Server:
@@ -107,9 +143,9 @@ def completion(srv: Server, body: dict, path: str = "/v1/completions") -> tuple[
 PROMPTS = ["Hello", "The capital of France is", "1 2 3 4", "Once upon a time", "def f(x):"]
 
 
-def reference_outputs(procs: list[Server]) -> tuple[list[str], list[str], str]:
+def reference_outputs(procs: list[Server], *extra: str) -> tuple[list[str], list[str], str]:
     """Greedy outputs of one single-rank server: completions, chat, streamed chat text."""
-    single = launch(COMMON, {}, port=free_port())
+    single = launch([*COMMON, *extra], {}, port=free_port())
     procs.append(single)
     wait_healthy(single)
     texts = [single.post_json("/v1/completions", {"prompt": p, "max_tokens": 12,
@@ -129,8 +165,8 @@ def reference_outputs(procs: list[Server]) -> tuple[list[str], list[str], str]:
 
 
 def test_separate_ranks_serve_like_one_engine(procs) -> None:
-    texts, chats, streamed = reference_outputs(procs)
-    r0, r1 = separate_ranks(procs)
+    texts, chats, streamed = reference_outputs(procs, *SAME_NUMERICS)
+    r0, r1 = separate_ranks(procs, *SAME_NUMERICS)
     models = r0.get_json("/v1/models")
     assert models["data"][0]["id"] == MODEL and models["data"][0]["max_model_len"] == 256
 
@@ -342,7 +378,7 @@ def test_mismatched_ranks_are_refused(procs) -> None:
                 port=free_port())
     procs.append(r0)
     # Another model: refused by name.
-    other = launch(["--model", OTHER_MODEL, "--threads", "1", "--host", "127.0.0.1"],
+    other = launch(["--model", OTHER_MODEL, "--threads", "1", "--host", "127.0.0.1", *DEVICE_FLAGS],
                    rank_env(1, master))
     procs.append(other)
     assert other.wait_exit(30) == 1, other.log_tail()
