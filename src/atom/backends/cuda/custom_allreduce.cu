@@ -450,25 +450,6 @@ __global__ void __launch_bounds__(kThreads)
 
 // --- fused one-shot all-reduce + residual add + RMSNorm ---
 
-// The same block reduction as norm.cu's (the fused kernel must sum the squares in its order).
-__device__ __forceinline__ float block_sum(float v) {
-  __shared__ float warp_sums[32];
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int warp = threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (lane == 0) warp_sums[warp] = v;
-  __syncthreads();
-  v = lane < int(blockDim.x / 32) ? warp_sums[lane] : 0.0f;
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-// norm.cu's block size for a row of `packets` packets: one thread each up to 1024, whole warps.
-int norm_threads(int64_t packets) {
-  const int64_t warps = std::clamp<int64_t>((packets + 31) / 32, 1, 32);
-  return int(warps * 32);
-}
-
 // x: [rows, dim] (this rank's part); residual, out: [rows, dim]; weight: [dim]. Block b owns rows
 // b, b + grid, ...: it sends their units (dim % kUnit == 0, so units never straddle rows), meets
 // the peers' block b, then for each row does exactly add_rms_norm_kernel<bf16, kVec> with x
@@ -481,11 +462,8 @@ __global__ void __launch_bounds__(1024)
                               const __nv_bfloat16* __restrict__ weight, __nv_bfloat16* out,
                               int64_t rows, int64_t dim, float eps, int64_t scale_off,
                               bool x_aligned) {
-  using device::apply_norm;
-  using device::inv_rms;
   using device::to_bf16;
   using device::to_f32;
-  using P = device::Packet<__nv_bfloat16, kVec>;
   const uint32_t call = read_call(r);
   const uint32_t parity = call & 1u;
   const int64_t n = rows * dim;
@@ -504,13 +482,10 @@ __global__ void __launch_bounds__(1024)
   }
   block_barrier(r, 0, call + 1);
 
-  const int64_t packets = dim / kVec;
-  const P* wr = reinterpret_cast<const P*>(weight);
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    P* res = reinterpret_cast<P*>(residual + row * dim);
-    P* orow = reinterpret_cast<P*>(out + row * dim);
-    float sum_sq = 0.0f;
-    for (int64_t i = threadIdx.x; i < packets; i += blockDim.x) {
+    // The peers' parts of packet i summed in f32, rounded to bf16 as the plain all-reduce's
+    // output is, then added as add_rms_norm adds x.
+    const auto addend = [&](int64_t i, float(&a)[kVec]) {
       const int64_t e = row * dim + i * kVec;
       float acc[kVec];
       if constexpr (kVec == 8) {
@@ -518,25 +493,11 @@ __global__ void __launch_bounds__(1024)
       } else {
         acc[0] = reduce1<C>(r, parity, scale_off, e);
       }
-      P s = res[i];
 #pragma unroll
-      for (int j = 0; j < kVec; ++j) {
-        const float a = to_f32(to_bf16(acc[j]));  // the plain all-reduce's output value
-        s.v[j] = to_bf16(to_f32(s.v[j]) + a);
-        const float f = to_f32(s.v[j]);
-        sum_sq += f * f;
-      }
-      res[i] = s;
-    }
-    const float rinv = inv_rms(block_sum(sum_sq), dim, eps);
-    for (int64_t i = threadIdx.x; i < packets; i += blockDim.x) {
-      const P s = res[i];
-      const P w = wr[i];
-      P o;
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) o.v[j] = apply_norm(s.v[j], rinv, w.v[j]);
-      orow[i] = o;
-    }
+      for (int j = 0; j < kVec; ++j) a[j] = to_f32(to_bf16(acc[j]));
+    };
+    device::add_rms_norm_row<__nv_bfloat16, kVec>(addend, residual + row * dim, weight,
+                                                  out + row * dim, dim, eps);
     __syncthreads();  // block_sum's shared slots are reused by the next row
   }
   finish_call(r, call);
@@ -887,10 +848,10 @@ void launch_fused(const RankPtrs& r, const __nv_bfloat16* x, __nv_bfloat16* resi
   // add_rms_norm's choice of packet: 16 bytes when the row and its pointers allow (the plain
   // path's all-reduce output is aligned by assumption).
   if (dim % 8 == 0 && aligned16(residual) && aligned16(weight) && aligned16(out)) {
-    fused_add_rms_norm_kernel<C, 8><<<blocks, norm_threads(dim / 8), 0, stream>>>(
+    fused_add_rms_norm_kernel<C, 8><<<blocks, device::norm_threads(dim / 8), 0, stream>>>(
         r, x, residual, weight, out, rows, dim, eps, scale_off, aligned16(x));
   } else {
-    fused_add_rms_norm_kernel<C, 1><<<blocks, norm_threads(dim), 0, stream>>>(
+    fused_add_rms_norm_kernel<C, 1><<<blocks, device::norm_threads(dim), 0, stream>>>(
         r, x, residual, weight, out, rows, dim, eps, scale_off, aligned16(x));
   }
   ATOM_CUDA_CHECK(cudaGetLastError());

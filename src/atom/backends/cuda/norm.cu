@@ -17,39 +17,16 @@ namespace atom::cuda {
 
 namespace {
 
-// --- element helpers ---
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-// The normalized value's rounding (apply_norm, inv_rms) and the packet live in device_math.cuh,
-// shared with the fused q/k-norm + RoPE kernel of ops.cu, which must round exactly as this does.
+// The normalized value's rounding (apply_norm, inv_rms), the block sum, the packet and the add +
+// norm row live in device_math.cuh, shared with the fused q/k-norm + RoPE kernel of ops.cu and
+// the fused all-reduce + norm of custom_allreduce.cu, which must round exactly as these do.
+using device::add_rms_norm_row;
 using device::apply_norm;
+using device::block_sum;
 using device::inv_rms;
+using device::norm_threads;
 using device::Packet;
-
-// Sum of v over the block, returned to every thread. blockDim.x is a multiple of 32.
-__device__ __forceinline__ float block_sum(float v) {
-  __shared__ float warp_sums[32];
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int warp = threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (lane == 0) warp_sums[warp] = v;
-  __syncthreads();
-  v = lane < int(blockDim.x / 32) ? warp_sums[lane] : 0.0f;
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
+using device::to_f32;
 
 // --- kernels: grid = rows, block = a multiple of 32 threads striding over the row's packets ---
 
@@ -72,7 +49,7 @@ __global__ void rms_norm_kernel(const T* x, const T* __restrict__ weight, T* out
     const P p = xr[i];
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
-      const float f = to_float(p.v[j]);
+      const float f = to_f32(p.v[j]);
       sum_sq += f * f;
     }
   }
@@ -93,45 +70,17 @@ __global__ void add_rms_norm_kernel(const T* x, T* residual, const T* __restrict
                                     int64_t dim, float eps) {
   pdl_wait();  // PDL contract (pdl.cuh): before any global access
   pdl_launch_dependents();
-  using P = Packet<T, kVec>;
   const int64_t row = blockIdx.x;
-  const P* xr = reinterpret_cast<const P*>(x + row * dim);
-  P* res = reinterpret_cast<P*>(residual + row * dim);
-  const P* wr = reinterpret_cast<const P*>(weight);
-  P* orow = reinterpret_cast<P*>(out + row * dim);
-  const int64_t packets = dim / kVec;
-
-  float sum_sq = 0.0f;
-  for (int64_t i = threadIdx.x; i < packets; i += blockDim.x) {
-    const P a = xr[i];
-    P s = res[i];
+  const auto* xr = reinterpret_cast<const Packet<T, kVec>*>(x + row * dim);
+  const auto addend = [xr](int64_t i, float(&a)[kVec]) {
+    const Packet<T, kVec> p = xr[i];
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      s.v[j] = from_float<T>(to_float(s.v[j]) + to_float(a.v[j]));
-      const float f = to_float(s.v[j]);
-      sum_sq += f * f;
-    }
-    res[i] = s;
-  }
-  const float r = inv_rms(block_sum(sum_sq), dim, eps);
-  // Each thread reads back only the residual packets it wrote itself.
-  for (int64_t i = threadIdx.x; i < packets; i += blockDim.x) {
-    const P s = res[i];
-    const P w = wr[i];
-    P o;
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) o.v[j] = apply_norm(s.v[j], r, w.v[j]);
-    orow[i] = o;
-  }
+    for (int j = 0; j < kVec; ++j) a[j] = to_f32(p.v[j]);
+  };
+  add_rms_norm_row<T, kVec>(addend, residual + row * dim, weight, out + row * dim, dim, eps);
 }
 
 // --- launch helpers ---
-
-// One thread per packet up to 1024, a whole number of warps.
-int threads_for(int64_t packets) {
-  const int64_t warps = std::clamp<int64_t>((packets + 31) / 32, 1, 32);
-  return int(warps * 32);
-}
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
@@ -147,11 +96,11 @@ void rms_norm_impl(const T* x, const T* weight, T* out, int64_t n, int64_t dim, 
   if (n == 0) return;
   constexpr int kVec = 16 / sizeof(T);
   if (dim % kVec == 0 && aligned16(x) && aligned16(weight) && aligned16(out)) {
-    launch_pdl(rms_norm_kernel<T, kVec>, unsigned(n), threads_for(dim / kVec), 0, stream, x, weight,
-               out, dim, eps);
+    launch_pdl(rms_norm_kernel<T, kVec>, unsigned(n), norm_threads(dim / kVec), 0, stream, x,
+               weight, out, dim, eps);
   } else {
-    launch_pdl(rms_norm_kernel<T, 1>, unsigned(n), threads_for(dim), 0, stream, x, weight, out, dim,
-               eps);
+    launch_pdl(rms_norm_kernel<T, 1>, unsigned(n), norm_threads(dim), 0, stream, x, weight, out,
+               dim, eps);
   }
 }
 
@@ -163,10 +112,10 @@ void add_rms_norm_impl(const T* x, T* residual, const T* weight, T* out, int64_t
   constexpr int kVec = 16 / sizeof(T);
   if (dim % kVec == 0 && aligned16(x) && aligned16(residual) && aligned16(weight) &&
       aligned16(out)) {
-    launch_pdl(add_rms_norm_kernel<T, kVec>, unsigned(n), threads_for(dim / kVec), 0, stream, x,
+    launch_pdl(add_rms_norm_kernel<T, kVec>, unsigned(n), norm_threads(dim / kVec), 0, stream, x,
                residual, weight, out, dim, eps);
   } else {
-    launch_pdl(add_rms_norm_kernel<T, 1>, unsigned(n), threads_for(dim), 0, stream, x, residual,
+    launch_pdl(add_rms_norm_kernel<T, 1>, unsigned(n), norm_threads(dim), 0, stream, x, residual,
                weight, out, dim, eps);
   }
 }

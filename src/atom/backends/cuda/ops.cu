@@ -27,6 +27,8 @@ using bf16 = __nv_bfloat16;
 // Shared with norm.cu (device_math.cuh): the fused q/k-norm + RoPE kernel below must round as
 // rms_norm_kernel and rope_cache_kernel do.
 using device::apply_norm;
+using device::beats;
+using device::block_first_max;
 using device::inv_rms;
 using device::Packet;
 using device::rotate;
@@ -474,14 +476,6 @@ __global__ void __launch_bounds__(kQkvMaxThreads) qkv_rope_cache_kernel(QkvRopeC
 
 // --- argmax ---
 
-// (v, i) replaces (best_v, best_i) when larger, or equal with a lower index. NaN never does.
-__device__ __forceinline__ void take_better(float v, int i, float& best_v, int& best_i) {
-  if (v > best_v || (v == best_v && i < best_i)) {
-    best_v = v;
-    best_i = i;
-  }
-}
-
 // grid = n rows; blockDim.x a multiple of 32. kVec consecutive logits per load (kVec divides
 // vocab); each thread visits its indices in increasing order.
 template <int kVec>
@@ -499,32 +493,18 @@ __global__ void argmax_kernel(const float* __restrict__ logits, int64_t vocab,
   for (int i = threadIdx.x; i < n_packets; i += blockDim.x) {
     const P p = packets[i];
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) take_better(p.v[j], i * kVec + j, best_v, best_i);
+    for (int j = 0; j < kVec; ++j) {
+      if (beats(p.v[j], i * kVec + j, best_v, best_i)) {
+        best_v = p.v[j];
+        best_i = i * kVec + j;
+      }
+    }
   }
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, best_v, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
-    take_better(ov, oi, best_v, best_i);
-  }
-  __shared__ float warp_v[32];
-  __shared__ int warp_i[32];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) {
-    warp_v[warp] = best_v;
-    warp_i[warp] = best_i;
-  }
-  __syncthreads();
-  if (warp != 0) return;
-  best_v = lane < int(blockDim.x / 32) ? warp_v[lane] : -INFINITY;
-  best_i = lane < int(blockDim.x / 32) ? warp_i[lane] : INT_MAX;
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, best_v, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
-    take_better(ov, oi, best_v, best_i);
-  }
-  // atom::argmax starts from index 0 and moves only on a strictly larger logit: a NaN there (or a
-  // row of NaNs) keeps 0.
-  if (lane == 0) out[t] = (isnan(row[0]) || best_i == INT_MAX) ? 0 : best_i;
+  __shared__ float s_v[32];
+  __shared__ int s_i[32];
+  __shared__ int s_best;
+  const int best = block_first_max(best_v, best_i, row, s_v, s_i, &s_best);
+  if (threadIdx.x == 0) out[t] = best;
 }
 
 // --- Tensor checks ---

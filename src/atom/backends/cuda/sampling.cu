@@ -22,6 +22,7 @@
 #include <cstdint>
 
 #include "atom/backends/cuda/check.h"
+#include "atom/backends/cuda/device_math.cuh"
 #include "atom/backends/cuda/pdl.cuh"
 #include "atom/backends/cuda/sampling.h"
 #include "atom/core/error.h"
@@ -37,10 +38,6 @@ constexpr uint32_t kNoBin = 0xffffffffu;
 constexpr unsigned kFull = 0xffffffffu;
 // A part of the row at most this long is scanned by one warp instead of being cut again.
 constexpr int kScanLength = 256;
-
-__device__ __forceinline__ bool better(float v, int i, float best_v, int best_i) {
-  return v > best_v || (v == best_v && i < best_i);
-}
 
 __device__ __forceinline__ uint64_t warp_sum(uint64_t v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
@@ -184,41 +181,13 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll 4
   for (int i = tid; i < vocab; i += kThreads) {
     const float v = row[i];
-    if (better(v, i, best_v, best_i)) {
+    if (device::beats(v, i, best_v, best_i)) {
       best_v = v;
       best_i = i;
     }
   }
   s_thread_max[tid] = best_v;
-  for (int o = 16; o > 0; o >>= 1) {
-    const float v = __shfl_xor_sync(kFull, best_v, o);
-    const int i = __shfl_xor_sync(kFull, best_i, o);
-    if (better(v, i, best_v, best_i)) {
-      best_v = v;
-      best_i = i;
-    }
-  }
-  if (lane == 0) {
-    s_best_v[warp] = best_v;
-    s_best_i[warp] = best_i;
-  }
-  __syncthreads();
-  if (warp == 0) {
-    best_v = s_best_v[lane];
-    best_i = s_best_i[lane];
-    for (int o = 16; o > 0; o >>= 1) {
-      const float v = __shfl_xor_sync(kFull, best_v, o);
-      const int i = __shfl_xor_sync(kFull, best_i, o);
-      if (better(v, i, best_v, best_i)) {
-        best_v = v;
-        best_i = i;
-      }
-    }
-    // Every logit NaN leaves INT_MAX: the sequential loop's answer is 0 then too.
-    if (lane == 0) s_best = (row[0] != row[0] || best_i == INT_MAX) ? 0 : best_i;
-  }
-  __syncthreads();
-  const int best = s_best;
+  const int best = device::block_first_max(best_v, best_i, row, s_best_v, s_best_i, &s_best);
   if (prm.temperature < 1e-5f || prm.top_k == 1) {
     if (tid == 0) out[row_index] = best;
     return;
