@@ -74,6 +74,25 @@ inline int norm_threads(int64_t packets) {
   return int(warps * 32);
 }
 
+// out = apply_norm(x, r, weight) over one row of [dim], by the whole block: the second pass of
+// the norm kernels, once r is known. Each thread visits the packets its first pass visited.
+template <typename T, int kVec>
+__device__ __forceinline__ void write_normed_row(const T* x, const T* __restrict__ weight, T* out,
+                                                 int64_t dim, float r) {
+  using P = Packet<T, kVec>;
+  const P* xr = reinterpret_cast<const P*>(x);
+  const P* wr = reinterpret_cast<const P*>(weight);
+  P* orow = reinterpret_cast<P*>(out);
+  for (int64_t i = threadIdx.x; i < dim / kVec; i += blockDim.x) {
+    const P p = xr[i];
+    const P w = wr[i];
+    P o;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) o.v[j] = apply_norm(p.v[j], r, w.v[j]);
+    orow[i] = o;
+  }
+}
+
 // One row of add + RMSNorm, by the whole block: residual = T(residual + addend), out =
 // rms_norm(residual) * weight. addend(i, a) fills a[0, kVec) with packet i's addends as f32 (the
 // plain kernel reads x; the fused all-reduce sums its peers' parts). residual, weight, out: the
@@ -85,8 +104,6 @@ __device__ __forceinline__ void add_rms_norm_row(Addend addend, T* residual,
                                                  float eps) {
   using P = Packet<T, kVec>;
   P* res = reinterpret_cast<P*>(residual);
-  const P* wr = reinterpret_cast<const P*>(weight);
-  P* orow = reinterpret_cast<P*>(out);
   const int64_t packets = dim / kVec;
   float sum_sq = 0.0f;
   for (int64_t i = threadIdx.x; i < packets; i += blockDim.x) {
@@ -101,15 +118,7 @@ __device__ __forceinline__ void add_rms_norm_row(Addend addend, T* residual,
     }
     res[i] = s;
   }
-  const float r = inv_rms(block_sum(sum_sq), dim, eps);
-  for (int64_t i = threadIdx.x; i < packets; i += blockDim.x) {
-    const P s = res[i];
-    const P w = wr[i];
-    P o;
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) o.v[j] = apply_norm(s.v[j], r, w.v[j]);
-    orow[i] = o;
-  }
+  write_normed_row<T, kVec>(residual, weight, out, dim, inv_rms(block_sum(sum_sq), dim, eps));
 }
 
 // --- NeoX rotary embedding ---

@@ -21,12 +21,12 @@ namespace {
 // norm row live in device_math.cuh, shared with the fused q/k-norm + RoPE kernel of ops.cu and
 // the fused all-reduce + norm of custom_allreduce.cu, which must round exactly as these do.
 using device::add_rms_norm_row;
-using device::apply_norm;
 using device::block_sum;
 using device::inv_rms;
 using device::norm_threads;
 using device::Packet;
 using device::to_f32;
+using device::write_normed_row;
 
 // --- kernels: grid = rows, block = a multiple of 32 threads striding over the row's packets ---
 
@@ -40,8 +40,6 @@ __global__ void rms_norm_kernel(const T* x, const T* __restrict__ weight, T* out
   using P = Packet<T, kVec>;
   const int64_t row = blockIdx.x;
   const P* xr = reinterpret_cast<const P*>(x + row * dim);
-  const P* wr = reinterpret_cast<const P*>(weight);
-  P* orow = reinterpret_cast<P*>(out + row * dim);
   const int64_t packets = dim / kVec;
 
   float sum_sq = 0.0f;
@@ -53,15 +51,8 @@ __global__ void rms_norm_kernel(const T* x, const T* __restrict__ weight, T* out
       sum_sq += f * f;
     }
   }
-  const float r = inv_rms(block_sum(sum_sq), dim, eps);
-  for (int64_t i = threadIdx.x; i < packets; i += blockDim.x) {
-    const P p = xr[i];
-    const P w = wr[i];
-    P o;
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) o.v[j] = apply_norm(p.v[j], r, w.v[j]);
-    orow[i] = o;
-  }
+  write_normed_row<T, kVec>(x + row * dim, weight, out + row * dim, dim,
+                            inv_rms(block_sum(sum_sq), dim, eps));
 }
 
 // residual[t] = to_dtype(residual[t] + x[t]); out[t] = rms_norm(residual[t]). All [rows, dim].
