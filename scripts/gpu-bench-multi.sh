@@ -6,7 +6,8 @@
 #           ATOM_ENABLE_ALLREDUCE_RMSNORM_FUSION=1 and =0
 #   tp70    the same at -tp 4 on a Llama-3.1-70B shape (4 GPUs)
 #   serve   serving throughput, random 1024/1024, concurrency 64, 256 prompts, for each -tp
-#   serve70 the same at -tp 4 on the Llama-3.1-70B shape (4 GPUs)
+#   serve70 the same at -tp 4 on the Llama-3.1-70B shape (4 GPUs; on 2 GPUs at -tp 2, which
+#           needs cards of more than 80 GB: the weights are 70.5 GB a rank)
 #   dp      serving at concurrency 256 and 512 (ATOM_BENCH_DP_CONCURRENCY; 1024/1024, at least
 #           1024 prompts): -dp 1 against -dp 2, each replica on its own GPU (target >= 1.9x)
 # Results go to $ATOM_BUILD_DIR/bench-multi/ (one JSON or log per run); a table at the end.
@@ -134,10 +135,11 @@ if want serve && [ "$dry" != 1 ]; then
   for t in "${tps[@]}"; do serve_bench "serve-tp$t-c64" "$m8" 64 256 -tp "$t"; done
 fi
 if want serve70 && [ "$dry" != 1 ]; then
-  if [ "$gpus" -ge 4 ]; then
-    serve_bench serve70-tp4-c64 "$m70" 64 256 -tp 4
+  t70=$((gpus >= 4 ? 4 : gpus))
+  if [ "$t70" -ge 2 ]; then
+    serve_bench "serve70-tp$t70-c64" "$m70" 64 256 -tp "$t70"
   else
-    echo "   serve70: needs 4 GPUs, $gpus here" >&2
+    echo "   serve70: needs 2 GPUs (4 for -tp 4), $gpus here" >&2
   fi
 fi
 if want dp; then
