@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "atom/backends/cpu/ops.h"
 #include "atom/backends/cuda/check.h"
 #include "atom/core/dtype.h"
 #include "atom/core/error.h"
@@ -92,6 +93,26 @@ inline std::vector<uint16_t> random_bf16(size_t n, uint32_t seed, float lo, floa
 }
 
 // Waits for the device; a kernel's asynchronous error surfaces here as an atom::Error.
+// The RoPE table of a test case, positions up to 131072: rope_type `scaling` with the factors the
+// tests use (llama3: 8 over 8192 positions; yarn: 4 over 32768, so attention_factor = 0.1 ln 4 +
+// 1 != 1; linear: 2), theta `default_theta` for "default" and 500000 for the scaled types.
+inline cpu::RopeTable test_rope_table(const std::string& scaling, int64_t rotary_dim,
+                                      double default_theta) {
+  cpu::RopeScaling s;
+  s.type = scaling;
+  if (s.type == "llama3") {
+    s.factor = 8.0;
+    s.original_max_position_embeddings = 8192;
+  } else if (s.type == "yarn") {
+    s.factor = 4.0;
+    s.original_max_position_embeddings = 32768;
+  } else if (s.type == "linear") {
+    s.factor = 2.0;
+  }
+  const double theta = s.type == "default" ? default_theta : 500000.0;
+  return cpu::make_rope_inv_freq(rotary_dim, theta, s, 131072);
+}
+
 inline void sync() { ATOM_CUDA_CHECK(cudaDeviceSynchronize()); }
 
 inline std::vector<float> from_bf16(const std::vector<uint16_t>& b) {

@@ -19,10 +19,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <initializer_list>
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <iostream>
 #include <numeric>
 #include <ostream>
@@ -369,6 +369,31 @@ struct DeviceProblem {
   PagedAttentionBatch batch;
 };
 
+// The Tensor entry point on a device problem, its caches in their dtype (bf16, or f8e4m3 with the
+// problem's scales), no workspace: the output, written over a NaN-filled buffer.
+std::vector<uint16_t> run_tensor_entry(const Problem& pb, DeviceProblem& dp) {
+  const bool fp8 = pb.kv_dtype == DType::kF8E4M3;
+  void* k_data = fp8 ? static_cast<void*>(dp.k_fp8.get()) : dp.k_cache.get();
+  void* v_data = fp8 ? static_cast<void*>(dp.v_fp8.get()) : dp.v_cache.get();
+  const Tensor q(dp.q.get(), DType::kBF16, {pb.num_tokens, pb.num_heads, pb.head_dim},
+                 Device::kCuda);
+  const Tensor k(k_data, pb.kv_dtype, {pb.num_blocks, pb.block_size, pb.num_kv_heads, pb.head_dim},
+                 Device::kCuda);
+  const Tensor v(v_data, pb.kv_dtype, {pb.num_blocks, pb.block_size, pb.num_kv_heads, pb.head_dim},
+                 Device::kCuda);
+  const Tensor cu(dp.cu_seqlens.get(), DType::kI32, {pb.num_seqs() + 1}, Device::kCuda);
+  const Tensor lens(dp.seq_lens.get(), DType::kI32, {pb.num_seqs()}, Device::kCuda);
+  const Tensor tables(dp.block_tables.get(), DType::kI32, {pb.num_seqs(), pb.max_blocks},
+                      Device::kCuda);
+  const Tensor out(dp.out.get(), DType::kBF16, {pb.num_tokens, pb.num_heads, pb.head_dim},
+                   Device::kCuda);
+  dp.out.fill_bytes(0xff);
+  paged_attention(q, k, v, cu, lens, tables, pb.max_q_len, pb.max_seq_len, pb.scale, out, Tensor(),
+                  nullptr, pb.k_scale, pb.v_scale);
+  ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+  return dp.out.download();
+}
+
 enum class Path {
   kDispatch,
   kDecodeOneSplit,
@@ -473,8 +498,8 @@ void expect_split_counts_agree(const Problem& pb, const std::string& name,
 // paged_attention captured into a CUDA graph on its own stream and replayed once (NaN-filled
 // output first); the output bits.
 std::vector<uint16_t> run_in_graph(const Problem& pb, DeviceProblem& dp) {
-  const size_t bytes = paged_attention_workspace_bytes(
-      pb.num_seqs(), pb.num_heads, pb.num_kv_heads, pb.head_dim, pb.max_q_len, pb.max_seq_len);
+  const size_t bytes = paged_attention_workspace_bytes(pb.num_seqs(), pb.num_heads, pb.num_kv_heads,
+                                                       pb.head_dim, pb.max_q_len, pb.max_seq_len);
   DeviceBuffer<uint8_t> workspace(bytes);
   dp.out.fill_bytes(0xff);
   cudaStream_t stream = nullptr;
@@ -728,23 +753,7 @@ TEST_F(CudaPagedAttention, TensorEntryPointMatchesDispatcher) {
   DeviceProblem dp(pb);
   const std::vector<uint16_t> want = run_path(pb, dp, Path::kDispatch);
 
-  const Tensor q(dp.q.get(), DType::kBF16, {pb.num_tokens, pb.num_heads, pb.head_dim},
-                 Device::kCuda);
-  const Tensor k(dp.k_cache.get(), DType::kBF16,
-                 {pb.num_blocks, pb.block_size, pb.num_kv_heads, pb.head_dim}, Device::kCuda);
-  const Tensor v(dp.v_cache.get(), DType::kBF16,
-                 {pb.num_blocks, pb.block_size, pb.num_kv_heads, pb.head_dim}, Device::kCuda);
-  const Tensor cu(dp.cu_seqlens.get(), DType::kI32, {pb.num_seqs() + 1}, Device::kCuda);
-  const Tensor lens(dp.seq_lens.get(), DType::kI32, {pb.num_seqs()}, Device::kCuda);
-  const Tensor tables(dp.block_tables.get(), DType::kI32, {pb.num_seqs(), pb.max_blocks},
-                      Device::kCuda);
-  const Tensor out(dp.out.get(), DType::kBF16, {pb.num_tokens, pb.num_heads, pb.head_dim},
-                   Device::kCuda);
-  dp.out.fill_bytes(0xff);
-  paged_attention(q, k, v, cu, lens, tables, pb.max_q_len, pb.max_seq_len, pb.scale, out, Tensor(),
-                  nullptr);
-  ATOM_CUDA_CHECK(cudaDeviceSynchronize());
-  EXPECT_EQ(dp.out.download(), want);
+  EXPECT_EQ(run_tensor_entry(pb, dp), want);
 
   // Decode rows alone, through the Tensor entry point with a workspace when it splits.
   const AttnCase d{"tensor_decode", 128, 1, 8, 32, {{1, 4096}}, 0.0f, 98};
@@ -1037,23 +1046,7 @@ TEST_F(CudaPagedAttention, Fp8TensorEntryPointMatchesDispatcher) {
   const std::vector<uint16_t> want = run_path(pb, dp, Path::kDispatch);
   expect_close(want, cpu_reference(pb), pb, "fp8 dispatcher vs CPU op");
 
-  const Tensor q(dp.q.get(), DType::kBF16, {pb.num_tokens, pb.num_heads, pb.head_dim},
-                 Device::kCuda);
-  const Tensor k(dp.k_fp8.get(), DType::kF8E4M3,
-                 {pb.num_blocks, pb.block_size, pb.num_kv_heads, pb.head_dim}, Device::kCuda);
-  const Tensor v(dp.v_fp8.get(), DType::kF8E4M3,
-                 {pb.num_blocks, pb.block_size, pb.num_kv_heads, pb.head_dim}, Device::kCuda);
-  const Tensor cu(dp.cu_seqlens.get(), DType::kI32, {pb.num_seqs() + 1}, Device::kCuda);
-  const Tensor lens(dp.seq_lens.get(), DType::kI32, {pb.num_seqs()}, Device::kCuda);
-  const Tensor tables(dp.block_tables.get(), DType::kI32, {pb.num_seqs(), pb.max_blocks},
-                      Device::kCuda);
-  const Tensor out(dp.out.get(), DType::kBF16, {pb.num_tokens, pb.num_heads, pb.head_dim},
-                   Device::kCuda);
-  dp.out.fill_bytes(0xff);
-  paged_attention(q, k, v, cu, lens, tables, pb.max_q_len, pb.max_seq_len, pb.scale, out, Tensor(),
-                  nullptr, pb.k_scale, pb.v_scale);
-  ATOM_CUDA_CHECK(cudaDeviceSynchronize());
-  EXPECT_EQ(dp.out.download(), want);
+  EXPECT_EQ(run_tensor_entry(pb, dp), want);
 }
 
 TEST_F(CudaPagedAttention, Fp8RejectsBadArguments) {

@@ -31,19 +31,12 @@
 namespace atom {
 namespace {
 
-using cuda::test::gpu_visible;
 using cuda::test::cpu_last_logits;
+using cuda::test::gpu_visible;
 using cuda::test::make_tiny;
+using cuda::test::random_tokens;
 using cuda::test::row_rms;
 using cuda::test::top2_gap;
-
-std::vector<int32_t> random_tokens(size_t n, int64_t vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int32_t> dist(0, int32_t(vocab) - 1);
-  std::vector<int32_t> v(n);
-  for (int32_t& t : v) t = dist(rng);
-  return v;
-}
 
 // The tolerance on a logit, per row: bf16 activations round to 2^-9 relative at each of the
 // ~10 roundings per layer (norm outputs, GEMM outputs, q/k after RoPE, attention output,

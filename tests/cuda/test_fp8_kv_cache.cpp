@@ -42,10 +42,10 @@ using test::as_bf16;
 using test::DeviceBuffer;
 using test::from_bf16;
 using test::gpu_visible;
-using test::random_floats;
-using test::to_bf16;
 using test::random_bf16;
+using test::random_floats;
 using test::sync;
+using test::to_bf16;
 
 std::vector<uint8_t> random_bytes(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -74,12 +74,9 @@ bool is_tie(float y) {
   return std::fabs(fp8e4m3_to_f32(other) - a) == std::fabs(v - a);
 }
 
+// Llama-3.1's table (llama3 scaling, theta 500000).
 cpu::RopeTable llama_rope(int64_t rotary_dim) {
-  cpu::RopeScaling s;
-  s.type = "llama3";
-  s.factor = 8.0;
-  s.original_max_position_embeddings = 8192;
-  return cpu::make_rope_inv_freq(rotary_dim, 500000.0, s, 131072);
+  return test::test_rope_table("llama3", rotary_dim, 500000.0);
 }
 
 // --- 1. the fp8 cache write ---

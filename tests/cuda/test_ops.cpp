@@ -31,16 +31,16 @@
 namespace atom::cuda {
 namespace {
 
-using test::DeviceBuffer;
 using test::as_bf16;
-using test::random_floats;
-using test::to_bf16;
+using test::DeviceBuffer;
+using test::expect_within;
 using test::from_bf16;
-using test::round_bf16;
 using test::gpu_visible;
 using test::random_bf16;
+using test::random_floats;
+using test::round_bf16;
 using test::sync;
-using test::expect_within;
+using test::to_bf16;
 
 // --- helpers ---
 
@@ -271,19 +271,7 @@ void PrintTo(const RopeCase& c, std::ostream* os) {
 }
 
 cpu::RopeTable rope_table(const RopeCase& c) {
-  cpu::RopeScaling s;
-  s.type = c.scaling;
-  if (s.type == "llama3") {
-    s.factor = 8.0;
-    s.original_max_position_embeddings = 8192;
-  } else if (s.type == "yarn") {
-    s.factor = 4.0;  // attention_factor = 0.1 ln 4 + 1 != 1
-    s.original_max_position_embeddings = 32768;
-  } else if (s.type == "linear") {
-    s.factor = 2.0;
-  }
-  const double theta = s.type == "default" ? 10000.0 : 500000.0;
-  return cpu::make_rope_inv_freq(c.rotary_dim, theta, s, 131072);
+  return test::test_rope_table(c.scaling, c.rotary_dim, 10000.0);
 }
 
 // HF's bf16 rotation: cos and sin computed in f32, times the attention factor, rounded to bf16;

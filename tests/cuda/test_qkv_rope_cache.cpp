@@ -36,13 +36,13 @@ namespace {
 
 using test::as_bf16;
 using test::DeviceBuffer;
+using test::expect_within;
 using test::from_bf16;
 using test::gpu_visible;
-using test::random_floats;
-using test::to_bf16;
 using test::random_bf16;
+using test::random_floats;
 using test::sync;
-using test::expect_within;
+using test::to_bf16;
 
 // Same bits everywhere; on failure, how many differ and the first one.
 void expect_same_bits(const std::vector<uint16_t>& got, const std::vector<uint16_t>& want,
@@ -76,17 +76,7 @@ void PrintTo(const FusedCase& c, std::ostream* os) {
 }
 
 cpu::RopeTable rope_table(const FusedCase& c) {
-  cpu::RopeScaling s;
-  s.type = c.scaling;
-  if (s.type == "llama3") {
-    s.factor = 8.0;
-    s.original_max_position_embeddings = 8192;
-  } else if (s.type == "yarn") {
-    s.factor = 4.0;  // attention_factor = 0.1 ln 4 + 1
-    s.original_max_position_embeddings = 32768;
-  }
-  const double theta = s.type == "default" ? 1000000.0 : 500000.0;
-  cpu::RopeTable table = cpu::make_rope_inv_freq(c.rotary_dim, theta, s, 131072);
+  cpu::RopeTable table = test::test_rope_table(c.scaling, c.rotary_dim, 1000000.0);
   if (c.attention_factor > 0.0f) table.attention_factor = c.attention_factor;
   return table;
 }

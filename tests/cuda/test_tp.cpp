@@ -37,23 +37,16 @@ namespace atom {
 namespace {
 
 using cuda::test::as_bf16;
+using cuda::test::cpu_last_logits;
 using cuda::test::DeviceBuffer;
 using cuda::test::gpu_visible;
-using cuda::test::cpu_last_logits;
 using cuda::test::make_tiny;
+using cuda::test::random_tokens;
 using cuda::test::row_rms;
-using cuda::test::top2_gap;
 using cuda::test::TinyShape;
+using cuda::test::top2_gap;
 
 // --- helpers ---
-
-std::vector<int32_t> random_tokens(size_t n, int64_t vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int32_t> dist(0, int32_t(vocab) - 1);
-  std::vector<int32_t> v(n);
-  for (int32_t& t : v) t = dist(rng);
-  return v;
-}
 
 // fn(rank) on one thread per rank, each with device `rank` current; rethrows the first error.
 void on_ranks(int n, const std::function<void(int)>& fn) {
@@ -101,8 +94,8 @@ TEST(TpKernels, VocabShardEmbeddingTakesItsRowsAndZerosTheRest) {
   for (const Case c : {Case{0, 64, 256}, Case{64, 64, 256}, Case{128, 192, 36}, Case{5, 1, 8}}) {
     std::vector<float> table_f = cuda::test::random_floats(size_t(c.rows * c.hidden), 7, -2, 2);
     const std::vector<uint16_t> table = cuda::test::to_bf16(table_f);
-    std::vector<int32_t> ids = {int32_t(c.first), int32_t(c.first + c.rows - 1), -1,
-                                int32_t(c.first + c.rows), int32_t(c.first) - 1, 100000};
+    std::vector<int32_t> ids = {int32_t(c.first),          int32_t(c.first + c.rows - 1), -1,
+                                int32_t(c.first + c.rows), int32_t(c.first) - 1,          100000};
     for (int32_t i = 0; i < 31; ++i) ids.push_back(int32_t((i * 37) % (c.first + c.rows + 50)));
     const int64_t n = int64_t(ids.size());
     DeviceBuffer<uint16_t> d_table(table);
@@ -148,8 +141,8 @@ TEST(TpKernels, MergeVocabShardsDropsThePadding) {
     for (int64_t r = 0; r < c.n; ++r)
       for (int64_t v = 0; v < c.vocab; ++v) {
         const float want = shards[size_t(((v / c.rows) * c.n + r) * c.rows + v % c.rows)];
-        ASSERT_EQ(out[size_t(r * c.vocab + v)], want) << "tp " << c.tp << " row " << r << " col "
-                                                      << v;
+        ASSERT_EQ(out[size_t(r * c.vocab + v)], want)
+            << "tp " << c.tp << " row " << r << " col " << v;
       }
   }
   // A vocabulary wider than the shards hold is refused.
@@ -226,8 +219,8 @@ TEST(NcclComm, CollectivesMatchTheHost) {
         float want = 0;
         for (int k = 0; k < n; ++k) want += int_value(k, i);
         if (fgot[i] != want)
-          fail = fmt::format("f32 all-reduce of {}: element {} is {}, want {}", count, i,
-                             fgot[i], want);
+          fail = fmt::format("f32 all-reduce of {}: element {} is {}, want {}", count, i, fgot[i],
+                             want);
       }
       // bf16 sums of random values: each of NCCL's n - 1 additions rounds to bf16 (2^-9
       // relative), so the error is at most n * 2^-8 of the sum of magnitudes.
@@ -249,9 +242,10 @@ TEST(NcclComm, CollectivesMatchTheHost) {
         const double err = std::abs(double(bf16_to_f32(rgot[i])) - want);
         worst = std::max(worst, err / (mag + 1e-30));
         if (err > n * std::ldexp(1.0, -8) * mag + 1e-30 && fail.empty())
-          fail = fmt::format("bf16 all-reduce of random values, {}: element {} off by {} "
-                             "(sum of magnitudes {})",
-                             count, i, err, mag);
+          fail = fmt::format(
+              "bf16 all-reduce of random values, {}: element {} off by {} "
+              "(sum of magnitudes {})",
+              count, i, err, mag);
       }
       // All-gather, out of place (f32) and in place (bf16): copies, exact.
       DeviceBuffer<float> send(mine);
@@ -293,8 +287,8 @@ TEST(NcclComm, CollectivesMatchTheHost) {
     EXPECT_THROW(comm.broadcast(nullptr, 1, DType::kI32, n, stream), Error);
     ATOM_CUDA_CHECK(cudaStreamDestroy(stream));
   });
-  for (int r = 0; r < n; ++r) EXPECT_TRUE(failures[size_t(r)].empty()) << "rank " << r << ": "
-                                                                       << failures[size_t(r)];
+  for (int r = 0; r < n; ++r)
+    EXPECT_TRUE(failures[size_t(r)].empty()) << "rank " << r << ": " << failures[size_t(r)];
 }
 
 // An all-reduce captured in a CUDA graph (as the runner's decode graphs hold them) sums whatever
@@ -340,8 +334,8 @@ TEST(NcclComm, AllReduceReplaysFromACudaGraph) {
     ATOM_CUDA_CHECK(cudaGraphDestroy(graph));
     ATOM_CUDA_CHECK(cudaStreamDestroy(stream));
   });
-  for (int r = 0; r < n; ++r) EXPECT_TRUE(failures[size_t(r)].empty()) << "rank " << r << ": "
-                                                                       << failures[size_t(r)];
+  for (int r = 0; r < n; ++r)
+    EXPECT_TRUE(failures[size_t(r)].empty()) << "rank " << r << ": " << failures[size_t(r)];
 }
 
 // --- the runner over several GPUs ---
@@ -429,8 +423,8 @@ TEST_P(TpRunner, LogitsMatchOneGpuEagerAndGraph) {
     for (size_t i = 0; i < lens.size(); ++i) {
       const int64_t n = int64_t(tokens[i].size());
       const int64_t start = step == 0 ? 0 : n - 1;
-      seqs.push_back(StepSeq{int64_t(i), tokens[i], int64_t(lens[i]), start, n - start,
-                             tables[i], true});
+      seqs.push_back(
+          StepSeq{int64_t(i), tokens[i], int64_t(lens[i]), start, n - start, tables[i], true});
     }
     const std::vector<float> ref = one.forward_logits(seqs);
     const std::vector<float> e = eager.forward_logits(seqs);
@@ -455,10 +449,10 @@ TEST_P(TpRunner, LogitsMatchOneGpuEagerAndGraph) {
   }
   EXPECT_EQ(graphs.num_graph_steps(), kSteps - 1) << "every decode step replays a graph";
   EXPECT_EQ(eager.num_graph_steps(), 0);
-  std::printf("[tp %lld %s] worst |tp - 1 GPU| x row RMS: eager %.4f, graphs %.4f (tol %.2f); "
-              "graphs vs eager %.4f (tol %.2f)\n",
-              (long long)tp_, name(), worst_eager, worst_graph, kTpTol, worst_graph_vs_eager,
-              kGraphTol);
+  std::printf(
+      "[tp %lld %s] worst |tp - 1 GPU| x row RMS: eager %.4f, graphs %.4f (tol %.2f); "
+      "graphs vs eager %.4f (tol %.2f)\n",
+      (long long)tp_, name(), worst_eager, worst_graph, kTpTol, worst_graph_vs_eager, kGraphTol);
   EXPECT_LE(worst_eager, kTpTol);
   EXPECT_LE(worst_graph, kTpTol);
   EXPECT_LE(worst_graph_vs_eager, kGraphTol);
@@ -527,9 +521,10 @@ TEST_P(TpRunner, GreedyTokensMatchOneGpuOver32Steps) {
                         << " without a near-tie (top-2 gap " << gap << ")";
     ++near_ties;
   }
-  std::printf("[tp %lld %s] greedy tokens equal to one GPU's: %lld of %lld (%lld sequences "
-              "stopped at a near-tie)\n",
-              (long long)tp_, name(), (long long)matched, (long long)total, (long long)near_ties);
+  std::printf(
+      "[tp %lld %s] greedy tokens equal to one GPU's: %lld of %lld (%lld sequences "
+      "stopped at a near-tie)\n",
+      (long long)tp_, name(), (long long)matched, (long long)total, (long long)near_ties);
   EXPECT_GE(matched, total / 2) << "most tokens must match before any near-tie";
 
   // Deferred output on the same tp runner's model: step N + 1 submitted before N is collected.
@@ -629,9 +624,10 @@ TEST_P(TpRunner, SampledIdsAgreeOnEveryRankAndReproduce) {
     same += int64_t(k - lens[i]);
     total += int64_t(one[i].size() - lens[i]);
   }
-  std::printf("[tp %lld %s] seeded samples equal to one GPU's before the first difference: %lld "
-              "of %lld\n",
-              (long long)tp_, name(), (long long)same, (long long)total);
+  std::printf(
+      "[tp %lld %s] seeded samples equal to one GPU's before the first difference: %lld "
+      "of %lld\n",
+      (long long)tp_, name(), (long long)same, (long long)total);
   EXPECT_GE(same, total / 5) << "tp ranks and one GPU implement one sampling definition";
 }
 
@@ -661,8 +657,8 @@ TEST_P(TpRunner, KvBlocksAreOneCountForAllRanks) {
     ATOM_CUDA_CHECK(cudaSetDevice(0));
     std::string list;
     for (const int64_t b : per_rank) list += " " + std::to_string(b);
-    std::printf("[tp %lld %s] KV blocks each rank affords:%s; pool: %lld\n", (long long)tp_,
-                name(), list.c_str(), (long long)r.num_blocks());
+    std::printf("[tp %lld %s] KV blocks each rank affords:%s; pool: %lld\n", (long long)tp_, name(),
+                list.c_str(), (long long)r.num_blocks());
   }
   {
     const CudaModelRunner r(*model_, config(tp_, 40, true));
@@ -686,8 +682,8 @@ INSTANTIATE_TEST_SUITE_P(Models, TpRunner,
                          ::testing::Combine(::testing::Values(false, true),
                                             ::testing::Values(int64_t(2), int64_t(4))),
                          [](const auto& info) {
-                           return std::string(std::get<0>(info.param) ? "Qwen3" : "Llama") +
-                                  "_tp" + std::to_string(std::get<1>(info.param));
+                           return std::string(std::get<0>(info.param) ? "Qwen3" : "Llama") + "_tp" +
+                                  std::to_string(std::get<1>(info.param));
                          });
 
 // --- errors (no GPU needed: they come before any device is touched) ---
@@ -715,8 +711,8 @@ TEST(TpRunnerErrors, MoreGpusThanVisibleNamesBothNumbers) {
     rc.device = visible - 1;  // devices visible - 1 and visible: one too many
     const auto [code2, msg2] = error_of([&] { CudaModelRunner r(*model, rc); });
     EXPECT_EQ(code2, ErrorCode::kInvalidArgument);
-    EXPECT_TRUE(contains(msg2, "devices " + std::to_string(visible - 1) + " to " +
-                                   std::to_string(visible)))
+    EXPECT_TRUE(
+        contains(msg2, "devices " + std::to_string(visible - 1) + " to " + std::to_string(visible)))
         << msg2;
   }
 }

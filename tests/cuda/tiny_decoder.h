@@ -6,8 +6,8 @@
 #include <cstring>
 #include <memory>
 #include <numeric>
-#include <span>
 #include <random>
+#include <span>
 #include <vector>
 
 #include "atom/backends/cpu/ops.h"
@@ -27,7 +27,7 @@ inline std::vector<uint16_t> bf16_normal(size_t n, double std, uint64_t seed) {
 }
 
 inline cpu::QMatrix matrix(WeightStorage& storage, int64_t rows, int64_t cols, double std,
-                    uint64_t seed) {
+                           uint64_t seed) {
   const std::vector<uint16_t> v = bf16_normal(size_t(rows * cols), std, seed);
   WeightBytes& bytes = storage.emplace_back(v.size() * 2);
   std::memcpy(bytes.data(), v.data(), bytes.size());
@@ -96,6 +96,15 @@ inline std::unique_ptr<Model> make_tiny(bool qwen3, const TinyShape& shape = {})
   cpu::RopeTable rope =
       cpu::make_rope_inv_freq(c.rotary_dim, c.rope_theta, cpu::RopeScaling{}, 1024);
   return make_decoder_model(c, variant, std::move(w), std::move(rope));
+}
+
+// n token ids drawn uniformly from [0, vocab), the same for the same seed.
+inline std::vector<int32_t> random_tokens(size_t n, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> dist(0, int32_t(vocab) - 1);
+  std::vector<int32_t> v(n);
+  for (int32_t& t : v) t = dist(rng);
+  return v;
 }
 
 // RMS of a logits row of n values.
