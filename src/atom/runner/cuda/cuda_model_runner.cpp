@@ -385,6 +385,15 @@ struct CudaModelRunner::Impl {
   bf16* upload_or_null(const std::vector<float>& v) {
     return v.empty() ? nullptr : upload(host_bf16(v));
   }
+  // A device layer holding only L's norms (attention, MLP, q/k), which every rank keeps whole.
+  DeviceLayer layer_with_norms(const DecoderLayerWeights& L) {
+    DeviceLayer dl{};
+    dl.attn_norm = upload(host_bf16(L.attn_norm));
+    dl.ffn_norm = upload(host_bf16(L.ffn_norm));
+    dl.q_norm = upload_or_null(L.q_norm);
+    dl.k_norm = upload_or_null(L.k_norm);
+    return dl;
+  }
   // The parts' rows as bf16, stacked in order, into one new device matrix [sum rows, cols].
   bf16* upload_matrix(std::initializer_list<const cpu::QMatrix*> parts);
   // The ranges' rows, columns [col_first, col_first + col_count) of each, stacked in order, then
@@ -523,11 +532,7 @@ void CudaModelRunner::Impl::init(const DecoderParts& parts) {
     embed = upload_matrix({&w.embed});
     lm_head = w.lm_head.data == w.embed.data ? embed : upload_matrix({&w.lm_head});
     for (const DecoderLayerWeights& L : w.layers) {
-      DeviceLayer dl{};
-      dl.attn_norm = upload(host_bf16(L.attn_norm));
-      dl.ffn_norm = upload(host_bf16(L.ffn_norm));
-      dl.q_norm = upload_or_null(L.q_norm);
-      dl.k_norm = upload_or_null(L.k_norm);
+      DeviceLayer dl = layer_with_norms(L);
       dl.qkv = L.qkv.data ? upload_matrix({&L.qkv}) : upload_matrix({&L.q, &L.k, &L.v});
       dl.qkv_bias = upload_or_null(L.qkv_bias);
       dl.o = upload_matrix({&L.o});
@@ -593,12 +598,7 @@ void CudaModelRunner::Impl::upload_shards(const DecoderWeights& w) {
   const std::vector<std::pair<int64_t, int64_t>> qkv_rows = t.qkv_rows();
   const std::vector<std::pair<int64_t, int64_t>> gate_up_rows = t.gate_up_rows();
   for (const DecoderLayerWeights& L : w.layers) {
-    DeviceLayer dl{};
-    // Replicated: the norms (per hidden unit, per head dimension).
-    dl.attn_norm = upload(host_bf16(L.attn_norm));
-    dl.ffn_norm = upload(host_bf16(L.ffn_norm));
-    dl.q_norm = upload_or_null(L.q_norm);
-    dl.k_norm = upload_or_null(L.k_norm);
+    DeviceLayer dl = layer_with_norms(L);  // replicated: the norms
     // Column-parallel: this rank's q heads, then its kv heads' k and v rows.
     if (L.qkv.data) {
       std::vector<RowRange> parts;
